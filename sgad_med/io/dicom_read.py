@@ -55,7 +55,13 @@ def _dcmread(path: Path, stop_before_pixels: bool) -> pydicom.Dataset:
 
 def read_header(path: Path) -> pydicom.Dataset:
     """Read a DICOM file's header (no pixel data), or raise :class:`ScanReadError` naming the file."""
-    return _dcmread(path, stop_before_pixels=True)
+    return _check_object(_dcmread(path, stop_before_pixels=True), path)
+
+
+def _check_object(ds: pydicom.Dataset, path: Path) -> pydicom.Dataset:
+    if "SOPClassUID" not in ds and "Rows" not in ds:
+        raise ScanReadError(path, "holds no DICOM object (no SOPClassUID, no image attributes); the file is corrupt")
+    return ds
 
 
 def non_image_reason(header: pydicom.Dataset) -> str | None:
@@ -99,7 +105,7 @@ def read_dicom(source: ScanSource) -> Scan:
 
 
 def _read_full(path: Path) -> pydicom.Dataset:
-    ds = _dcmread(path, stop_before_pixels=False)
+    ds = _check_object(_dcmread(path, stop_before_pixels=False), path)
     reason = non_image_reason(ds)
     if reason is not None:
         raise UnsupportedScanError(path, reason, fix="sgad-med reads CT and MR image series")

@@ -160,6 +160,8 @@ def write_new_series(
     patient_name: str = "Synthetic^Phantom",
     patient_id: str = "SGAD-SYNTH-0001",
     study_uid: str | None = None,
+    uid_seed: str | None = None,
+    acquired: datetime.datetime | None = None,
     overwrite: bool = False,
 ) -> list[Path]:
     """Write a volume as a new single-frame CT or MR Image Storage series (one file per slice).
@@ -176,6 +178,9 @@ def write_new_series(
         patient_name: PatientName (synthetic data only: never put real identity here).
         patient_id: PatientID.
         study_uid: StudyInstanceUID to use; a new one by default.
+        uid_seed: derive every UID from this text instead of at random, so the same call writes the same
+            files (sample data that can be regenerated bit for bit).
+        acquired: study/series/content date and time; now by default.
         overwrite: replace an existing folder.
 
     Returns:
@@ -199,9 +204,13 @@ def write_new_series(
         slope, intercept = float(f"{((high - low) / 65535.0 or 1.0):.8g}"), float(f"{low:.8g}")
         representation, volume_stored = 0, np.clip(np.rint((volume - intercept) / slope), 0, 65535)
     dtype = np.dtype("<i2") if representation else np.dtype("<u2")
-    now = datetime.datetime.now()
-    study_uid = study_uid or generate_uid()
-    series_uid, frame_uid = generate_uid(), generate_uid()
+    now = acquired or datetime.datetime.now()
+
+    def new_uid(*role: object) -> str:
+        return generate_uid(entropy_srcs=[uid_seed, *map(str, role)]) if uid_seed is not None else generate_uid()
+
+    study_uid = study_uid or new_uid("study")
+    series_uid, frame_uid = new_uid("series"), new_uid("frame-of-reference")
     thickness = float(np.linalg.norm(lps[:3, 2]))
     written: list[Path] = []
     with atomic_dir(folder, overwrite=overwrite) as tmp:
@@ -238,7 +247,7 @@ def write_new_series(
                 ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions = "GR", "NONE", ""
                 ds.MRAcquisitionType, ds.RepetitionTime, ds.EchoTime, ds.EchoTrainLength = "3D", "", "", ""
             pixels = volume_stored[:, :, k].T.astype(dtype)
-            _finish(ds, generate_uid(), pixels)
+            _finish(ds, new_uid("instance", k), pixels)
             written.append(tmp / f"IM{k + 1:05d}.dcm")
             ds.save_as(written[-1], enforce_file_format=True)
     return [Path(folder) / path.name for path in written]

@@ -11,7 +11,6 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.data.image_reader import NibabelReader
-from monai.transforms import LoadImage
 
 from sgad_med.errors import InvalidScanDataError, ScanReadError, UnsupportedScanError
 from sgad_med.io.atomic import atomic_file
@@ -80,8 +79,10 @@ def read_nifti(source: ScanSource) -> Scan:
         else:
             # MONAI's NibabelReader does this right for 3D files (scaling, affine); only the RAS reorientation
             # is ours, so that the native affine needed to write back is kept.
-            loaded = LoadImage(reader=NibabelReader(), image_only=True, dtype=np.float32)(str(path))
-            native = np.asarray(loaded.numpy() if isinstance(loaded, torch.Tensor) else loaded, dtype=np.float32)
+            # (the reader itself rather than LoadImage, which would also set up every other reader MONAI has)
+            reader = NibabelReader()
+            native, _ = reader.get_data(reader.read(str(path)))
+            native = np.asarray(native, dtype=np.float32)
     except _READ_ERRORS as err:
         raise ScanReadError(path, f"voxel data cannot be read, the file may be truncated ({type(err).__name__})") from err
     except RuntimeError as err:  # MONAI wraps reader errors in RuntimeError
