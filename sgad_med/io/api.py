@@ -14,12 +14,16 @@ from sgad_med.io.nifti import is_nifti, read_nifti, write_nifti
 from sgad_med.io.scan import Scan, ScanSource, scan_id_for_nifti
 
 
-def load_scan(source: str | os.PathLike | ScanSource, volume: int | None = None) -> Scan:
+def load_scan(
+    source: str | os.PathLike | ScanSource, volume: int | None = None, modality: str | None = None
+) -> Scan:
     """Read one scan: a NIfTI file, a DICOM file, a folder holding one DICOM series, or a discovered source.
 
     Args:
         source: the path, or a :class:`ScanSource` from :func:`discover_scans`.
         volume: for a 4D NIfTI, which volume to read (0-based).
+        modality: ``"CT"``, ``"MR"`` or ``"OT"``, overriding what the file says. NIfTI headers do not record
+            the modality, so a NIfTI scan is ``"OT"`` unless this is given (a CT in HU wants ``"CT"``).
 
     Returns:
         The scan, RAS-oriented, in its own units.
@@ -44,9 +48,12 @@ def load_scan(source: str | os.PathLike | ScanSource, volume: int | None = None)
         raise source.problem
     if source.skip_reason is not None:
         raise UnsupportedScanError(source.path, source.skip_reason)
-    if source.kind == "nifti":
-        return read_nifti(source)
-    return read_dicom(source)
+    scan = read_nifti(source) if source.kind == "nifti" else read_dicom(source)
+    if modality is not None:
+        if modality.upper() not in ("CT", "MR", "OT"):
+            raise UnsupportedScanError(source.path, f"unknown modality {modality!r}", fix="use CT, MR or OT")
+        scan.modality = modality.upper()
+    return scan
 
 
 def save_scan(

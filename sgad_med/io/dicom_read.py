@@ -127,7 +127,8 @@ def _pixels(ds: pydicom.Dataset, path: Path) -> np.ndarray:
         try:
             decoder = get_decoder(syntax)
         except NotImplementedError as err:
-            raise UnsupportedScanError(path, f"uses transfer syntax {syntax.name}, which pydicom cannot decode") from err
+            problem = f"uses transfer syntax {syntax.name}, which pydicom cannot decode"
+            raise UnsupportedScanError(path, problem) from err
         if not decoder.is_available:
             raise MissingDecoderError(
                 path, f"pixel data is compressed ({syntax.name}) and no decoder plugin is installed", fix=CODECS_EXTRA
@@ -229,13 +230,15 @@ def _read_single_frames(
         row, col, spacing, first = _plane_or_identity(ds, path)
         affine = _affine(row, col, spacing, first, np.cross(row, col) * _thickness(ds))
         values = apply_modality_lut(stored, ds).astype(np.float32)
-        return values.T[..., None], affine, [_strip_pixels(ds)], _quantization_step(ds, float(ds.get("RescaleSlope", 1)))
+        step = _quantization_step(ds, float(ds.get("RescaleSlope", 1)))
+        return values.T[..., None], affine, [_strip_pixels(ds)], step
 
     geometry = [plane_geometry(ds, path) for ds, path in zip(datasets, paths)]
     row, col, spacing = geometry[0]
     for (r, c, s), ds, path in zip(geometry, datasets, paths):
         if np.abs(r - row).max() > 1e-3 or np.abs(c - col).max() > 1e-3 or np.abs(s - spacing).max() > 1e-3:
-            raise UnsupportedScanError(folder, f"{path.name} has a different orientation or pixel spacing from the rest")
+            problem = f"{path.name} has a different orientation or pixel spacing from the rest"
+            raise UnsupportedScanError(folder, problem)
         if (ds.Rows, ds.Columns) != (datasets[0].Rows, datasets[0].Columns):
             raise UnsupportedScanError(folder, f"{path.name} has a different image size from the rest of the series")
     if any("ImagePositionPatient" not in ds for ds in datasets):

@@ -53,6 +53,7 @@ def _to_stored(values: np.ndarray, ds: pydicom.Dataset, slope: float, intercept:
 
 
 def _mark_derived(ds: pydicom.Dataset, series_uid: str, description: str, series_number: int) -> None:
+    source_series = str(ds.get("SeriesInstanceUID", ""))
     source_type = list(ds.get("ImageType", ["ORIGINAL", "PRIMARY"]))
     if "SharedFunctionalGroupsSequence" in ds:
         # Enhanced (multi-frame) IODs allow only PRIMARY as value 2 of ImageType (PS3.3 C.8.16.1.1)
@@ -61,9 +62,10 @@ def _mark_derived(ds: pydicom.Dataset, series_uid: str, description: str, series
         ds.ImageType = ["DERIVED", "SECONDARY", *source_type[2:]]
     ds.SeriesInstanceUID = series_uid
     ds.SeriesNumber = series_number
+    mark = f"[sgad-med {description}]"
     old = str(ds.get("SeriesDescription", "")).strip()
-    ds.SeriesDescription = (f"{old} " if old else "")[: 64 - len(f"[sgad-med {description}]")] + f"[sgad-med {description}]"
-    ds.DerivationDescription = f"{description} by sgad-med {_version()} from series {ds.get('SeriesInstanceUID', '')}"
+    ds.SeriesDescription = ((f"{old} " if old else "")[: max(64 - len(mark), 0)] + mark)[:64]  # LO: 64 chars
+    ds.DerivationDescription = f"{description} by sgad-med {_version()} from series {source_series}"
     for keyword in ("SmallestImagePixelValue", "LargestImagePixelValue"):
         if keyword in ds:  # no longer true of the new pixels
             delattr(ds, keyword)

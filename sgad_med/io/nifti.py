@@ -84,15 +84,15 @@ def read_nifti(source: ScanSource) -> Scan:
             native, _ = reader.get_data(reader.read(str(path)))
             native = np.asarray(native, dtype=np.float32)
     except _READ_ERRORS as err:
-        raise ScanReadError(path, f"voxel data cannot be read, the file may be truncated ({type(err).__name__})") from err
-    except RuntimeError as err:  # MONAI wraps reader errors in RuntimeError
-        raise ScanReadError(path, f"voxel data cannot be read, the file may be truncated ({err})") from err
+        problem = f"voxel data cannot be read, the file may be truncated ({type(err).__name__}: {err})"
+        raise ScanReadError(path, problem) from err
     if native.ndim == 2:
         native = native[..., None]
     check_finite(native, path)
     native_affine = header.affine.astype(np.float64)
     data, ras_affine = to_ras(native, native_affine)
-    image = MetaTensor(torch.from_numpy(data)[None], affine=torch.as_tensor(ras_affine), meta={"filename_or_obj": str(path)})
+    meta = {"filename_or_obj": str(path)}
+    image = MetaTensor(torch.from_numpy(data)[None], affine=torch.as_tensor(ras_affine), meta=meta)
     return Scan(
         image=image,
         scan_id=source.scan_id or scan_id_for_nifti(path, source.volume),

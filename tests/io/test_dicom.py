@@ -75,7 +75,8 @@ def test_scan_id_is_a_stable_hash_of_the_series_uid():
     scan = sgad_med.load_scan(get_testdata_file("MR_small.dcm"))
     again = sgad_med.load_scan(get_testdata_file("MR_small.dcm"))
     assert scan.scan_id == again.scan_id
-    assert scan.scan_id == sgad_med.io.scan.scan_id_for_series(str(pydicom.dcmread(get_testdata_file("MR_small.dcm")).SeriesInstanceUID))
+    series_uid = str(pydicom.dcmread(get_testdata_file("MR_small.dcm")).SeriesInstanceUID)
+    assert scan.scan_id == sgad_med.io.scan.scan_id_for_series(series_uid)
 
 
 def test_enhanced_multiframe_mr_reads_like_the_series_it_came_from(tmp_path):
@@ -138,10 +139,12 @@ def test_derived_series_round_trip_and_dciodvfy(tmp_path, source):
     out = pydicom.dcmread(written[0])
     assert out.StudyInstanceUID == source_ds.StudyInstanceUID
     assert out.SeriesInstanceUID != source_ds.SeriesInstanceUID
-    assert len({pydicom.dcmread(p).SOPInstanceUID for p in written} & {str(d.SOPInstanceUID) for d in map(pydicom.dcmread, before)}) == 0
+    new_uids = {str(pydicom.dcmread(p).SOPInstanceUID) for p in written}
+    assert not new_uids & {str(pydicom.dcmread(p).SOPInstanceUID) for p in before}
     # enhanced IODs only allow PRIMARY as value 2 of ImageType
     assert list(out.ImageType[:2]) == ["DERIVED", "PRIMARY" if source == "enhanced" else "SECONDARY"]
     assert "harmonized" in out.SeriesDescription and "harmonized" in out.DerivationDescription
+    assert str(source_ds.SeriesInstanceUID) in out.DerivationDescription
     assert out.PatientName == source_ds.PatientName and out.PatientID == source_ds.PatientID
     for keyword in ("BitsAllocated", "BitsStored", "PixelRepresentation", "RescaleSlope", "RescaleIntercept"):
         assert out.get(keyword) == source_ds.get(keyword), keyword

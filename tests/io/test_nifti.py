@@ -85,3 +85,9 @@ def test_nibabel_example_4d_epi_reads_volume_by_volume():
     canonical = nib.as_closest_canonical(nib.load(example).slicer[..., 0])
     np.testing.assert_allclose(scan.image[0].numpy(), canonical.get_fdata(), atol=1e-4)
     np.testing.assert_allclose(scan.affine, canonical.affine, atol=1e-5)
+
+
+def test_modality_can_be_given_for_nifti_which_does_not_record_it(nifti_file):
+    assert sgad_med.load_scan(nifti_file[0], modality="ct").modality == "CT"
+    with pytest.raises(UnsupportedScanError, match="unknown modality"):
+        sgad_med.load_scan(nifti_file[0], modality="PET")
