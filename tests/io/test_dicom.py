@@ -166,3 +166,28 @@ def test_derived_series_needs_a_dicom_source(nifti_file, tmp_path):
     sgad_med.save_scan(scan, tmp_path / "new", format="dicom")
     back = sgad_med.load_scan(tmp_path / "new")
     np.testing.assert_allclose(back.affine, scan.affine, atol=1e-4)
+
+
+def _pydicom_data_file(name: str) -> str:
+    path = get_testdata_file(name)
+    if path is None:
+        pytest.skip(f"{name} comes from the pydicom-data package (in the [test] extra), which is not installed")
+    return path
+
+
+def test_enhanced_ct_from_pydicom_data_reads_in_hu():
+    path = _pydicom_data_file("eCT_Supplemental.dcm")
+    ds = pydicom.dcmread(path)
+    scan = sgad_med.load_scan(path)
+    assert scan.modality == "CT"
+    assert scan.shape[2] == int(ds.NumberOfFrames)
+    assert float(scan.image.min()) >= -1024.0  # air in HU, so the per-frame rescale was applied
+    np.testing.assert_allclose(scan.spacing[:2], [float(v) for v in ds.SharedFunctionalGroupsSequence[0]
+                                                  .PixelMeasuresSequence[0].PixelSpacing][::-1], rtol=1e-5)
+
+
+def test_multiframe_without_geometry_reads_with_identity_directions(caplog):
+    path = _pydicom_data_file("emri_small.dcm")
+    scan = sgad_med.load_scan(path)
+    assert scan.shape == (64, 64, 10)
+    assert "no patient geometry" in caplog.text
