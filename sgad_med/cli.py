@@ -54,7 +54,7 @@ def _print_table(rows: list[dict]) -> None:
     columns = ["scan_id", "modality", "shape", "spacing", "orientation", "status", "path"]
     cells = [[_cell(row.get(c)) for c in columns] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
-    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip())
     for row, line in zip(rows, cells):
         print("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())
         if row.get("error"):
