@@ -43,3 +43,29 @@ __all__ = [
     "quantization_step",
     "roundtrip_tolerance",
 ]
+
+from sgad_med.transforms.artifacts import (  # noqa: E402
+    ARTIFACT_KINDS,
+    ARTIFACTS,
+    ARTIFACTS_META_KEY,
+    RandSliceArtifact,
+    RandSliceArtifactd,
+    SliceArtifact,
+    SliceArtifactd,
+    apply_slice_artifact,
+    artifact_records,
+    slice_labels,
+)
+
+__all__ += [
+    "ARTIFACTS",
+    "ARTIFACT_KINDS",
+    "ARTIFACTS_META_KEY",
+    "apply_slice_artifact",
+    "artifact_records",
+    "slice_labels",
+    "SliceArtifact",
+    "SliceArtifactd",
+    "RandSliceArtifact",
+    "RandSliceArtifactd",
+]
