@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -81,6 +82,45 @@ def cmd_info(args: argparse.Namespace) -> int:
     return EXIT_SOME_FAILED if any(r["status"] == "failed" for r in rows) else EXIT_OK
 
 
+# Which bundle each network's training and evaluation live in, and the config layered on train.json per mode.
+BUNDLES = {"harmonizer": "style_harmonization"}
+TRAIN_LAYERS = {"paired": [], "unpaired": ["train_unpaired.json"]}
+
+
+def _override(text: str) -> tuple[str, object]:
+    """``key=value`` -> (key, value), the value read as JSON when it is JSON (numbers, lists, null)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise SGADError(None, f"override {text!r} is not key=value", fix="e.g. --set max_epochs=2")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _bundle_dir(args: argparse.Namespace) -> Path:
+    root = Path(args.bundle) if args.bundle else Path(args.bundles) / BUNDLES[args.network]
+    if not (root / "configs").is_dir():
+        raise SGADError(root, "is not a bundle folder (no configs/)", fix="pass --bundle or --bundles")
+    return root
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Run a bundle's train.json (with the mode's layer, torchrun-free) through ``monai.bundle.run``."""
+    from monai.bundle import run
+
+    bundle = _bundle_dir(args)
+    configs = bundle / "configs"
+    files = [str(configs / "train.json"), *(str(configs / layer) for layer in TRAIN_LAYERS[args.mode])]
+    overrides = dict(_override(item) for item in args.set or [])
+    if args.source_dir:
+        overrides["source_dir"] = str(args.source_dir)
+    if args.reference_dir:
+        overrides["reference_dir"] = str(args.reference_dir)
+    run(config_file=files, logging_file=str(configs / "logging.conf"), bundle_root=str(bundle), **overrides)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``sgad-med`` and its subcommands."""
     from sgad_med import __version__
@@ -96,6 +136,18 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     info.add_argument("--quiet", action="store_true", help="no progress bar")
     info.set_defaults(handler=cmd_info)
+
+    train = commands.add_parser("train", help="train a network with its bundle's train config")
+    train.add_argument("network", choices=sorted(BUNDLES), help="which network")
+    train.add_argument("--mode", choices=sorted(TRAIN_LAYERS), default="paired",
+                       help="harmonizer: paired (synthetic pairs) or unpaired (your own two folders of scans)")
+    train.add_argument("--source-dir", type=Path, help="unpaired: scans from the site(s) to harmonize")
+    train.add_argument("--reference-dir", type=Path, help="unpaired: scans in the reference style")
+    train.add_argument("--bundles", default="bundles", help="folder holding the bundles (default: bundles)")
+    train.add_argument("--bundle", help="the bundle folder itself (overrides --bundles)")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set max_epochs=2 --set device=cpu (repeatable)")
+    train.set_defaults(handler=cmd_train)
     return parser
 
 

@@ -1,0 +1,71 @@
+"""Loading a trained network from a MONAI bundle folder: the config's ``network_def`` plus ``models/model.pt``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.bundle import ConfigParser
+from torch import nn
+
+from sgad_med.errors import SGADError
+
+
+class BundleError(SGADError):
+    """A bundle folder lacks its config or weights, or they do not fit together."""
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` is CUDA when present, else CPU; anything else is passed to :class:`torch.device`."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def bundle_config(bundle: str | os.PathLike, config: str = "inference.json") -> ConfigParser:
+    """Parse ``configs/<config>`` of a bundle folder, with ``bundle_root`` set to that folder."""
+    root = Path(bundle)
+    path = root / "configs" / config
+    if not path.is_file():
+        raise BundleError(root, f"has no configs/{config}", fix="point at a bundle folder such as bundles/<name>")
+    parser = ConfigParser()
+    parser.read_config(str(path))
+    parser["bundle_root"] = str(root)
+    return parser
+
+
+def load_bundle_network(
+    bundle: str | os.PathLike, device: str | torch.device = "auto", weights: str | os.PathLike | None = None
+) -> tuple[nn.Module, ConfigParser]:
+    """Build a bundle's ``network_def`` and load its trained weights (``models/model.pt``), in eval mode.
+
+    Checkpoints load with ``weights_only=True`` (no pickled code runs) and ``map_location`` set, so weights
+    trained on a GPU load on a CPU.
+
+    Args:
+        bundle: the bundle folder.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
+        weights: another weights file instead of ``models/model.pt``.
+
+    Returns:
+        The network on ``device`` and the parsed inference config.
+    """
+    parser = bundle_config(bundle)
+    target = resolve_device(device)
+    network: nn.Module = parser.get_parsed_content("network_def", instantiate=True)
+    path = Path(weights) if weights is not None else Path(bundle) / "models" / "model.pt"
+    if not path.is_file():
+        raise BundleError(path, "weights file not found", fix="train the bundle or pass weights=")
+    try:
+        state: Any = torch.load(path, map_location=target, weights_only=True)
+    except Exception as err:  # a damaged or foreign file: say which
+        raise BundleError(path, f"cannot be loaded as weights ({type(err).__name__}: {err})") from err
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as err:
+        raise BundleError(path, f"does not fit the bundle's network_def ({err})") from err
+    return network.to(target).eval(), parser
