@@ -105,19 +105,31 @@ def _bundle_dir(args: argparse.Namespace) -> Path:
     return root
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    """Run a bundle's train.json (with the mode's layer, torchrun-free) through ``monai.bundle.run``."""
+def _run_bundle(bundle: Path, names: Sequence[str], overrides: dict) -> None:
     from monai.bundle import run
 
-    bundle = _bundle_dir(args)
     configs = bundle / "configs"
-    files = [str(configs / "train.json"), *(str(configs / layer) for layer in TRAIN_LAYERS[args.mode])]
+    run(config_file=[str(configs / name) for name in names], logging_file=str(configs / "logging.conf"),
+        bundle_root=str(bundle), **overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Run a bundle's train.json (with the mode's layer) through ``monai.bundle.run``."""
     overrides = dict(_override(item) for item in args.set or [])
     if args.source_dir:
         overrides["source_dir"] = str(args.source_dir)
     if args.reference_dir:
         overrides["reference_dir"] = str(args.reference_dir)
-    run(config_file=files, logging_file=str(configs / "logging.conf"), bundle_root=str(bundle), **overrides)
+    _run_bundle(_bundle_dir(args), ["train.json", *TRAIN_LAYERS[args.mode]], overrides)
+    return EXIT_OK
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Run a bundle's evaluate.json: prints the table and writes it as JSON under --out."""
+    overrides = dict(_override(item) for item in args.set or [])
+    if args.out:
+        overrides["output_dir"] = str(args.out)
+    _run_bundle(_bundle_dir(args), ["evaluate.json"], overrides)
     return EXIT_OK
 
 
@@ -148,6 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override a config value, e.g. --set max_epochs=2 --set device=cpu (repeatable)")
     train.set_defaults(handler=cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a network against classical baselines on held-out data")
+    evaluate.add_argument("network", choices=sorted(BUNDLES), help="which network")
+    evaluate.add_argument("--out", type=Path, help="where the JSON results go (default: <bundle>/eval_output)")
+    evaluate.add_argument("--bundles", default="bundles", help="folder holding the bundles (default: bundles)")
+    evaluate.add_argument("--bundle", help="the bundle folder itself (overrides --bundles)")
+    evaluate.add_argument("--set", action="append", metavar="KEY=VALUE",
+                          help="override a config value, e.g. --set n_anatomies=2 (repeatable)")
+    evaluate.set_defaults(handler=cmd_evaluate)
     return parser
 
 

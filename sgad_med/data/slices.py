@@ -20,8 +20,9 @@ class HarmonizationSlices(Dataset):
     Item ``i`` is volume pair ``i``: anatomy ``anatomy_seeds[i // styles_per_anatomy]`` in style seed ``i``
     (domain randomisation: every pair has its own style). From it ``slices_per_volume`` axial slices with
     head in them are drawn (deterministically from ``seed`` and ``i``). The source volume is normalized
-    exactly as a real MR scan is at inference (robust percentiles, :func:`sgad_med.transforms.normalize`);
-    the target stays in the reference style's [0, 1] units. Items can be cached in memory (``cache=True``),
+    exactly as a real MR scan is at inference (robust percentiles, :func:`sgad_med.transforms.normalize`),
+    and so is the target, so that the generator maps normalized scans of any style to normalized scans of the
+    reference style (and one already in the reference style to itself). Items can be cached (``cache=True``),
     so that epochs after the first cost no rendering.
 
     Each item is a dict of float32 tensors with a leading slice axis (use :func:`collate_slices`):
@@ -87,9 +88,11 @@ class HarmonizationSlices(Dataset):
             return self._items[index]
         anatomy_seed = self.anatomy_seeds[index // self.styles_per_anatomy]
         pair = self.generator.pair(anatomy_seed, style_seed=index, split=self.split)
+        # Both sides are normalized as a real MR scan is at inference, so a scan already in the reference style
+        # maps to itself (the identity term and the evaluation's preservation check rely on this).
         source, _ = normalize(pair["source"][None], modality="MR")
-        target = torch.from_numpy(pair["target"])
-        foreground = (target > 0.05).float().mean(dim=(0, 1)).numpy()
+        target = torch.as_tensor(normalize(pair["target"][None], modality="MR")[0])[0]
+        foreground = torch.from_numpy(pair["target"] > 0.05).float().mean(dim=(0, 1)).numpy()
         candidates = np.flatnonzero(foreground >= self.min_foreground)
         rng = np.random.default_rng([self.seed, index])
         chosen = np.sort(rng.choice(candidates, size=min(self.slices_per_volume, len(candidates)), replace=False))
