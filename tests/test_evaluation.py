@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from sgad_med.data.synthetic import HELDOUT_ANATOMY_SEEDS
 from sgad_med.evaluation import (
     NyulStandardizer,
     evaluate_harmonization,
@@ -19,7 +20,6 @@ from sgad_med.evaluation import (
     volume_metrics,
     wasserstein_histogram,
 )
-from sgad_med.data.synthetic import HELDOUT_ANATOMY_SEEDS
 
 
 def _phantom(seed=0, shape=(32, 32, 6)):
