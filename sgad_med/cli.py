@@ -182,11 +182,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s: %(message)s")
     try:
         return int(args.handler(args))
-    except SGADError as err:
-        if args.debug:
+    except Exception as err:
+        cause = _user_error(err)
+        if cause is None or args.debug:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {cause}", file=sys.stderr)
         return EXIT_SOME_FAILED
+
+
+def _user_error(err: BaseException) -> SGADError | None:
+    """The SGADError behind ``err``: MONAI's config parser wraps errors raised inside bundle configs."""
+    while err is not None:
+        if isinstance(err, SGADError):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
 
 
 if __name__ == "__main__":

@@ -70,6 +70,9 @@ class HarmonizationSlices(Dataset):
         self.cache = cache
         self._items: dict[int, dict[str, torch.Tensor]] = {}
         self._generator: SyntheticStyleGenerator | None = None  # built lazily: workers don't pickle the template
+        from sgad_med.data.mni import find_mni_dir
+
+        find_mni_dir(mni_dir)  # fail now, with the fix in the message, not in the middle of a training run
 
     def __len__(self) -> int:
         return len(self.anatomy_seeds) * self.styles_per_anatomy
