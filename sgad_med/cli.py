@@ -133,6 +133,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_bundle_arguments(command: argparse.ArgumentParser, example: str) -> None:
+    """Where the bundle is and config overrides: shared by the commands that run a bundle config."""
+    command.add_argument("--bundles", default="bundles", help="folder holding the bundles (default: bundles)")
+    command.add_argument("--bundle", help="the bundle folder itself (overrides --bundles)")
+    command.add_argument("--set", action="append", metavar="KEY=VALUE",
+                         help=f"override a config value, e.g. {example} (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``sgad-med`` and its subcommands."""
     from sgad_med import __version__
@@ -155,19 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="harmonizer: paired (synthetic pairs) or unpaired (your own two folders of scans)")
     train.add_argument("--source-dir", type=Path, help="unpaired: scans from the site(s) to harmonize")
     train.add_argument("--reference-dir", type=Path, help="unpaired: scans in the reference style")
-    train.add_argument("--bundles", default="bundles", help="folder holding the bundles (default: bundles)")
-    train.add_argument("--bundle", help="the bundle folder itself (overrides --bundles)")
-    train.add_argument("--set", action="append", metavar="KEY=VALUE",
-                       help="override a config value, e.g. --set max_epochs=2 --set device=cpu (repeatable)")
+    _add_bundle_arguments(train, example="--set max_epochs=2 --set device=cpu")
     train.set_defaults(handler=cmd_train)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a network against classical baselines on held-out data")
     evaluate.add_argument("network", choices=sorted(BUNDLES), help="which network")
     evaluate.add_argument("--out", type=Path, help="where the JSON results go (default: <bundle>/eval_output)")
-    evaluate.add_argument("--bundles", default="bundles", help="folder holding the bundles (default: bundles)")
-    evaluate.add_argument("--bundle", help="the bundle folder itself (overrides --bundles)")
-    evaluate.add_argument("--set", action="append", metavar="KEY=VALUE",
-                          help="override a config value, e.g. --set n_anatomies=2 (repeatable)")
+    _add_bundle_arguments(evaluate, example="--set n_anatomies=2")
     evaluate.set_defaults(handler=cmd_evaluate)
     return parser
 

@@ -14,6 +14,18 @@ from sgad_med.transforms.intensity import normalize
 from sgad_med.transforms.slices import pad_to_multiple, slice_stacks
 
 
+def choose_slices(foreground: np.ndarray, min_foreground: float, count: int, seed: Sequence[int]) -> np.ndarray:
+    """Up to ``count`` distinct slices (sorted) whose head fraction is at least ``min_foreground``.
+
+    Deterministic in ``seed``; when no slice has enough head (a tiny or unusual scan), any slice may be drawn.
+    """
+    candidates = np.flatnonzero(foreground >= min_foreground)
+    if len(candidates) == 0:
+        candidates = np.arange(len(foreground))
+    rng = np.random.default_rng(list(seed))
+    return np.sort(rng.choice(candidates, size=min(count, len(candidates)), replace=False))
+
+
 class HarmonizationSlices(Dataset):
     """Paired 2.5D slices: a random style in, the reference style out, from synthetic volume pairs.
 
@@ -96,9 +108,7 @@ class HarmonizationSlices(Dataset):
         source, _ = normalize(pair["source"][None], modality="MR")
         target = torch.as_tensor(normalize(pair["target"][None], modality="MR")[0])[0]
         foreground = torch.from_numpy(pair["target"] > 0.05).float().mean(dim=(0, 1)).numpy()
-        candidates = np.flatnonzero(foreground >= self.min_foreground)
-        rng = np.random.default_rng([self.seed, index])
-        chosen = np.sort(rng.choice(candidates, size=min(self.slices_per_volume, len(candidates)), replace=False))
+        chosen = choose_slices(foreground, self.min_foreground, self.slices_per_volume, [self.seed, index])
         image, _ = pad_to_multiple(slice_stacks(torch.as_tensor(source), self.context, chosen), self.multiple)
         reference, _ = pad_to_multiple(slice_stacks(target, self.context, chosen), self.multiple)
         item = {
@@ -156,11 +166,7 @@ class ScanSlices(Dataset):
         volume, _ = normalize(scan.image.as_tensor()[0:1], modality=scan.modality)
         volume = torch.as_tensor(volume)[0]
         foreground = (volume > 0.05).float().mean(dim=(0, 1)).numpy()
-        candidates = np.flatnonzero(foreground >= self.min_foreground)
-        if len(candidates) == 0:
-            candidates = np.arange(volume.shape[-1])
-        rng = np.random.default_rng([self.seed, index])
-        chosen = np.sort(rng.choice(candidates, size=min(self.slices_per_volume, len(candidates)), replace=False))
+        chosen = choose_slices(foreground, self.min_foreground, self.slices_per_volume, [self.seed, index])
         stacks, _ = pad_to_multiple(slice_stacks(volume, self.context, chosen), self.multiple)
         item = {"image": stacks}
         if self.cache:
