@@ -92,6 +92,3 @@ def save_scan(
     volume = scan.image.detach().cpu().numpy()[0]
     modality = scan.modality if scan.modality in ("CT", "MR") else "MR"
     return write_new_series(volume, scan.affine, path, modality=modality, overwrite=overwrite)
-
-
-

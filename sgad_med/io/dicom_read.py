@@ -29,6 +29,7 @@ from sgad_med.errors import (
 from sgad_med.io.nifti import check_finite
 from sgad_med.io.orientation import to_ras
 from sgad_med.io.scan import Scan, ScanSource, scan_id_for_series
+from sgad_med.transforms.intensity import quantization_step
 
 logger = logging.getLogger(__name__)
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -140,9 +141,8 @@ def _pixels(ds: pydicom.Dataset, path: Path) -> np.ndarray:
 
 
 def _quantization_step(ds: pydicom.Dataset, slope: float) -> float:
-    if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
-        return 0.0
-    return float(abs(slope)) if slope else 1.0
+    stored = np.float32 if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds else np.int32
+    return quantization_step(stored, slope)
 
 
 def plane_geometry(ds: pydicom.Dataset, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -16,6 +16,7 @@ from sgad_med.errors import InvalidScanDataError, ScanReadError, UnsupportedScan
 from sgad_med.io.atomic import atomic_file
 from sgad_med.io.orientation import from_ras, to_ras
 from sgad_med.io.scan import Scan, ScanSource, scan_id_for_nifti
+from sgad_med.transforms.intensity import quantization_step
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 # Above this many voxels (16 GiB of float32) a header is taken as corrupt rather than as a scan to load.
@@ -99,7 +100,7 @@ def read_nifti(source: ScanSource) -> Scan:
         modality="OT",
         source=source,
         native_affine=native_affine,
-        quantization_step=_nifti_quantization_step(header),
+        quantization_step=quantization_step(header.get_data_dtype(), header.dataobj.slope),
     )
 
 
@@ -108,13 +109,6 @@ def check_finite(voxels: np.ndarray, path: Path) -> None:
     bad = int(np.size(voxels) - np.count_nonzero(np.isfinite(voxels)))
     if bad:
         raise InvalidScanDataError(path, f"{bad} voxels are NaN or infinite", fix="repair or remove the scan")
-
-
-def _nifti_quantization_step(header: nib.Nifti1Image) -> float:
-    if not np.issubdtype(header.get_data_dtype(), np.integer):
-        return 0.0
-    slope = header.dataobj.slope
-    return float(abs(slope)) if np.isfinite(slope) and slope != 0 else 1.0
 
 
 def write_nifti(scan: Scan, path: str | Path, overwrite: bool = False) -> Path:
