@@ -83,7 +83,11 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 # Which bundle each network's training and evaluation live in, and the config layered on train.json per mode.
-BUNDLES = {"harmonizer": "style_harmonization"}
+BUNDLES = {
+    "harmonizer": "style_harmonization",
+    "detector": "slice_anomaly_detection",
+    "restorer": "slice_restoration",
+}
 TRAIN_LAYERS = {"paired": [], "unpaired": ["train_unpaired.json"]}
 
 

@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+from sgad_med.networks.detector import SliceAnomalyNet
 from sgad_med.networks.harmonizer import ConditionalPatchDiscriminator, HarmonizationGenerator
+from sgad_med.networks.residual_unet import ResidualSliceUNet
+from sgad_med.networks.restorer import SliceRestorationNet
 
-__all__ = ["ConditionalPatchDiscriminator", "HarmonizationGenerator"]
+__all__ = [
+    "ConditionalPatchDiscriminator",
+    "HarmonizationGenerator",
+    "ResidualSliceUNet",
+    "SliceAnomalyNet",
+    "SliceRestorationNet",
+]

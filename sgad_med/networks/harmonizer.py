@@ -2,66 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
-from monai.networks.nets import BasicUNet, PatchDiscriminator
+from monai.networks.nets import PatchDiscriminator
 from torch import nn
 
+from sgad_med.networks.residual_unet import ResidualSliceUNet
 
-class HarmonizationGenerator(nn.Module):
+
+class HarmonizationGenerator(ResidualSliceUNet):
     """Maps a 2.5D stack of normalized slices (k-c … k+c) to slice k in the reference style.
 
-    A MONAI :class:`~monai.networks.nets.BasicUNet` with the GAN pitfalls designed out:
-
-    - upsampling by resize-then-convolve (``upsample="nontrainable"``), not transposed convolutions, so no
-      checkerboard at the upsampling stride;
-    - instance norm (BasicUNet's default), not batch norm, so small and distributed batches behave;
-    - the slices are channels of one grayscale stack (never an RGB image), and the output is the centre
-      slice plus a learned residual with no squashing activation: the identity is easy to learn (anatomy is
-      kept by default) and the output never saturates a sigmoid/tanh range. Callers clamp to [0, 1].
-
-    Args:
-        context: slices on each side of the centre slice; ``in_channels = 2 * context + 1``.
-        features: BasicUNet's six feature sizes (four levels, the bottleneck, the last decoder).
-        dropout: dropout probability inside the U-Net.
-        residual: add the input's centre slice to the output.
+    A :class:`~sgad_med.networks.residual_unet.ResidualSliceUNet` (resize-convolution upsampling, instance norm,
+    residual output without a squashing activation): see there for the arguments.
 
     Example::
 
         net = HarmonizationGenerator(context=1, features=(16, 16, 32, 64, 128, 16))
         y = net(torch.rand(2, 3, 112, 128))   # -> (2, 1, 112, 128)
     """
-
-    def __init__(
-        self,
-        context: int = 1,
-        features: Sequence[int] = (16, 16, 32, 64, 128, 16),
-        dropout: float = 0.0,
-        residual: bool = True,
-    ) -> None:
-        super().__init__()
-        self.context = int(context)
-        self.residual = residual
-        self.unet = BasicUNet(
-            spatial_dims=2,
-            in_channels=2 * self.context + 1,
-            out_channels=1,
-            features=tuple(features),
-            dropout=dropout,
-            upsample="nontrainable",
-        )
-
-    @property
-    def in_channels(self) -> int:
-        """Slices in the input stack."""
-        return 2 * self.context + 1
-
-    def forward(self, stack: torch.Tensor) -> torch.Tensor:
-        out = self.unet(stack)
-        if self.residual:
-            out = out + stack[:, self.context : self.context + 1]
-        return out
 
 
 class ConditionalPatchDiscriminator(nn.Module):

@@ -1,0 +1,94 @@
+"""Restoration of chosen slices of a scan with a trained :class:`~sgad_med.networks.SliceRestorationNet`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from monai.inferers import Inferer, SimpleInferer
+from torch import nn
+from tqdm import tqdm
+
+from sgad_med.bundles import load_bundle_network, resolve_device
+from sgad_med.io import Scan
+from sgad_med.transforms.intensity import denormalize, normalize
+from sgad_med.transforms.slices import pad_to_multiple, slice_stacks, unpad
+
+
+class SliceRestorer:
+    """Repairs given axial slices of a scan from their neighbours; every other slice is left bit for bit.
+
+    Each requested slice is predicted from the stack k-c … k+c of the *input* (neighbours that are themselves
+    damaged are taken as they are: the network was trained with damaged neighbours now and then), clamped to
+    [0, 1] and mapped back to the scan's units; only the requested slices of the returned scan differ from the
+    input.
+
+    Args:
+        network: the trained restoration network; its ``context`` attribute gives the stack size.
+        device: where to run it (``"auto"``: CUDA when present).
+        batch_size: slices per forward pass.
+        multiple: pad slices to a multiple of this (the U-Net's downsampling).
+        progress: show a progress bar over slices.
+        inferer: how the network is called on a batch (MONAI inferer; plain forward by default).
+
+    Example::
+
+        restorer = SliceRestorer.from_bundle("bundles/slice_restoration")
+        repaired = restorer(scan, slices=[12, 40])
+    """
+
+    def __init__(self, network: nn.Module, device: str | torch.device = "auto", batch_size: int = 16,
+                 multiple: int = 16, progress: bool = False, inferer: Inferer | None = None) -> None:
+        self.device = resolve_device(device)
+        self.inferer = inferer if inferer is not None else SimpleInferer()
+        self.network = network.to(self.device).eval()
+        self.context = int(getattr(network, "context", 2))
+        self.batch_size = int(batch_size)
+        self.multiple = int(multiple)
+        self.progress = progress
+
+    @classmethod
+    def from_bundle(cls, bundle: str | os.PathLike = "bundles/slice_restoration",
+                    device: str | torch.device = "auto", **kwargs) -> SliceRestorer:
+        """Load the network of a slice_restoration bundle folder (``models/model.pt``)."""
+        network, _ = load_bundle_network(bundle, device)
+        return cls(network, device=device, **kwargs)
+
+    @staticmethod
+    def _checked_slices(slices: Sequence[int] | np.ndarray, depth: int) -> np.ndarray:
+        chosen = np.asarray(slices, dtype=np.int64).reshape(-1)
+        if chosen.dtype == bool or np.asarray(slices).dtype == bool:
+            chosen = np.flatnonzero(np.asarray(slices, dtype=bool))
+        if chosen.size and (chosen.min() < -depth or chosen.max() >= depth):
+            raise ValueError(f"slice indices must lie in [0, {depth}), got {chosen.tolist()}")
+        return np.unique(chosen % depth) if chosen.size else chosen
+
+    @torch.no_grad()
+    def restore01(self, volume01: torch.Tensor | np.ndarray, slices: Sequence[int] | np.ndarray) -> torch.Tensor:
+        """A copy of a normalized volume ``[H, W, D]`` with ``slices`` restored (indices or a boolean mask)."""
+        volume01 = torch.as_tensor(volume01, dtype=torch.float32)
+        out = volume01.clone()
+        chosen = self._checked_slices(slices, volume01.shape[-1])
+        starts = range(0, len(chosen), self.batch_size)
+        for start in tqdm(starts, desc="restoring", unit="batch", disable=not self.progress):
+            batch = chosen[start : start + self.batch_size]
+            stacks, pads = pad_to_multiple(slice_stacks(volume01, self.context, batch), self.multiple)
+            with torch.autocast("cuda", enabled=self.device.type == "cuda"):
+                pred = self.inferer(stacks.to(self.device), self.network)
+            out[..., batch] = unpad(pred.float(), pads)[:, 0].clamp(0.0, 1.0).permute(1, 2, 0).cpu()
+        return out
+
+    def __call__(self, scan: Scan, slices: Sequence[int] | np.ndarray) -> Scan:
+        """The scan with ``slices`` (indices along the last axis, or a boolean mask) restored, in its own units."""
+        image = scan.image.as_tensor()
+        chosen = self._checked_slices(slices, image.shape[-1])
+        if chosen.size == 0:
+            return scan.with_image(image.clone())
+        volume01, params = normalize(image[0:1], modality=scan.modality)
+        restored01 = self.restore01(torch.as_tensor(volume01)[0], chosen)
+        back = torch.as_tensor(denormalize(restored01[None], params, restore_clipped=False))
+        out = image.clone()
+        out[0, ..., chosen] = back[0, ..., chosen].to(out.dtype)
+        return scan.with_image(out)
