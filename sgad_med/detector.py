@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -11,9 +14,13 @@ from torch import nn
 from tqdm import tqdm
 
 from sgad_med.bundles import load_bundle_network, resolve_device
-from sgad_med.io import Scan
+from sgad_med.errors import SGADError
+from sgad_med.io import Scan, ScanSource, load_scan
+from sgad_med.io.atomic import atomic_file
 from sgad_med.transforms.intensity import normalize
 from sgad_med.transforms.slices import slice_stacks
+
+logger = logging.getLogger(__name__)
 
 
 class SliceAnomalyDetector:
@@ -86,3 +93,45 @@ class SliceAnomalyDetector:
     def flag(self, scan: Scan) -> np.ndarray:
         """Boolean ``[D]``: slices whose probability reaches :attr:`threshold`."""
         return self.score(scan) >= self.threshold
+
+
+class ScoreFolder:
+    """The bundle's inference "evaluator": per-slice scores for every scan found in a folder.
+
+    Writes ``<output_dir>/<scan_id>_slice_scores.csv`` (``slice,score,flagged``; ``slice`` along the last axis of
+    the RAS-oriented volume). One bad scan never stops the others: its error is logged and counted.
+
+    Args:
+        sources: scans to score (e.g. ``sgad_med.discover_scans(dataset_dir)``).
+        detector: the :class:`SliceAnomalyDetector`.
+        output_dir: where the CSV files go.
+        overwrite: replace existing outputs.
+    """
+
+    def __init__(self, sources: Sequence[ScanSource], detector: SliceAnomalyDetector, output_dir: str | os.PathLike,
+                 overwrite: bool = False) -> None:
+        self.sources, self.detector = list(sources), detector
+        self.output_dir, self.overwrite = Path(output_dir), overwrite
+        self.written: list[Path] = []
+        self.failed: dict[str, str] = {}
+
+    def run(self) -> dict[str, str]:
+        """Score every source; returns ``{scan_id: error}`` for the ones that failed."""
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        for source in tqdm(self.sources, desc="scans", unit="scan"):
+            if source.skip_reason is not None:
+                continue
+            target = self.output_dir / f"{source.scan_id}_slice_scores.csv"
+            if target.exists() and not self.overwrite:
+                continue
+            try:
+                scores = self.detector.score(load_scan(source))
+            except SGADError as err:
+                logger.error("%s", err)
+                self.failed[source.scan_id] = str(err)
+                continue
+            rows = "".join(f"{k},{s:.6f},{int(s >= self.detector.threshold)}\n" for k, s in enumerate(scores))
+            with atomic_file(target, overwrite=True) as tmp:
+                Path(tmp).write_text("slice,score,flagged\n" + rows)
+            self.written.append(target)
+        return self.failed

@@ -1,0 +1,210 @@
+"""Detector training pieces: calibration of the trained network (temperature, novelty, threshold).
+
+Training itself is MONAI's :class:`~monai.engines.SupervisedTrainer` with binary cross-entropy on the slice label
+(our L_det), configured in the bundle's ``train.json``. After training, :func:`calibrate_detector` turns the
+network's two kinds of evidence into one probability and sets the decision threshold, all from *validation*
+slices (training anatomies the network never trained on, never the evaluation set):
+
+1. novelty: mean and shrunk inverse covariance of the pooled features of the clean validation slices, so the
+   Mahalanobis distance measures how unlike a clean slice a slice looks;
+2. temperature scaling of the classifier logit (Guo et al. 2017): the temperature minimising the binary NLL;
+3. Platt scaling of the novelty distance on its own (``scale * d + offset``), so it speaks in logits too;
+4. threshold: the smallest value above which at most ``target_fpr`` of the clean validation slices fall.
+
+The result is stored in the network's buffers (:meth:`~sgad_med.networks.SliceAnomalyNet.set_calibration`) and
+saved with its weights by :func:`calibrate_bundle_weights`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.metrics import compute_roc_auc
+from torch import nn
+
+from sgad_med.io.atomic import atomic_file
+
+__all__ = ["collect_evidence", "fit_logistic", "calibrate_detector", "calibrate_bundle_weights"]
+
+logger = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def collect_evidence(
+    network: nn.Module, loader: Iterable[dict[str, torch.Tensor]], device: str | torch.device = "cpu"
+) -> dict[str, np.ndarray]:
+    """Pooled features, logits and labels of every slice a loader yields (network in eval mode).
+
+    Returns:
+        ``features [N, F]``, ``logit [N]``, ``label [N]``, ``kind [N]`` (``-1`` when the loader gives no kind).
+    """
+    network.eval()
+    features, logits, labels, kinds = [], [], [], []
+    for batch in loader:
+        feats = network.embed(batch["image"].to(device))
+        features.append(feats.float().cpu())
+        logits.append(network.densenet.class_layers.out(feats)[:, 0].float().cpu())
+        labels.append(batch["label"].reshape(-1).float())
+        kinds.append(batch.get("kind", torch.full((len(feats),), -1)).reshape(-1))
+    return {
+        "features": torch.cat(features).numpy(),
+        "logit": torch.cat(logits).numpy(),
+        "label": torch.cat(labels).numpy(),
+        "kind": torch.cat(kinds).numpy(),
+    }
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, scale: bool = True, bias: bool = True) -> tuple[float, float]:
+    """Fit ``p = sigmoid(a * x + b)`` to binary labels by minimising the NLL (L-BFGS on two parameters).
+
+    Args:
+        x: scores ``[N]``.
+        y: labels ``[N]`` in {0, 1}.
+        scale: fit ``a`` (else 1).
+        bias: fit ``b`` (else 0).
+
+    Returns:
+        ``(a, b)``.
+    """
+    xt, yt = torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(y, dtype=torch.float64)
+    a = torch.tensor(1.0, dtype=torch.float64, requires_grad=scale)
+    b = torch.tensor(0.0, dtype=torch.float64, requires_grad=bias)
+    params = [p for p in (a, b) if p.requires_grad]
+    optimizer = torch.optim.LBFGS(params, lr=0.5, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(a * xt + b, yt)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(a.detach()), float(b.detach())
+
+
+def _auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    if labels.min() == labels.max():
+        return float("nan")
+    return float(compute_roc_auc(torch.as_tensor(scores), torch.as_tensor(labels)))
+
+
+@torch.no_grad()
+def calibrate_detector(
+    network: nn.Module,
+    loader: Iterable[dict[str, torch.Tensor]],
+    target_fpr: float = 0.01,
+    shrinkage: float = 0.1,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Fit the novelty model, temperature, novelty Platt map and threshold on validation slices; store them.
+
+    Args:
+        network: a trained :class:`~sgad_med.networks.SliceAnomalyNet` (changed in place: its buffers).
+        loader: validation batches with ``image`` and ``label`` (clean and corrupted slices).
+        target_fpr: fraction of clean validation slices allowed above the threshold.
+        shrinkage: covariance shrinkage towards a scaled identity (features outnumber clean slices otherwise).
+        device: where the network runs.
+
+    Returns:
+        What was fitted and how the calibrated score does on the same validation slices.
+    """
+    if not 0.0 < target_fpr < 1.0:
+        raise ValueError(f"target_fpr must lie in (0, 1), got {target_fpr}")
+    evidence = collect_evidence(network, loader, device)
+    features, logit, label = evidence["features"], evidence["logit"], evidence["label"]
+    clean = label < 0.5
+    if clean.sum() < 2 or (~clean).sum() < 1:
+        raise ValueError("calibration needs clean and corrupted validation slices (at least 2 clean, 1 corrupted)")
+
+    clean_features = features[clean].astype(np.float64)
+    mean = clean_features.mean(axis=0)
+    covariance = np.cov(clean_features, rowvar=False).reshape(len(mean), len(mean))
+    target = np.trace(covariance) / len(mean) * np.eye(len(mean))
+    precision = np.linalg.pinv((1.0 - shrinkage) * covariance + shrinkage * target)
+
+    device = torch.device(device)
+    as_buffer = {"device": device, "dtype": network.novelty_mean.dtype}
+    network.set_calibration(torch.as_tensor(mean, **as_buffer), torch.as_tensor(precision, **as_buffer),
+                            1.0, 0.0, -30.0, 0.5)
+    novelty = network.novelty(torch.as_tensor(features, **as_buffer)).cpu().numpy()
+
+    inverse_temperature, _ = fit_logistic(logit, label, scale=True, bias=False)
+    temperature = 1.0 / max(inverse_temperature, 1e-3)  # a negative fit would mean a broken classifier
+    novelty_scale, novelty_offset = fit_logistic(novelty, label)
+    novelty_scale = max(novelty_scale, 0.0)  # a larger distance is never evidence of a clean slice
+
+    network.set_calibration(torch.as_tensor(mean, **as_buffer), torch.as_tensor(precision, **as_buffer),
+                            temperature, novelty_scale, novelty_offset, 0.5)
+    probability = network.combine(torch.as_tensor(logit, device=device), torch.as_tensor(novelty, device=device))
+    probability = probability.cpu().numpy()
+    # the smallest threshold with at most target_fpr of the clean slices at or above it
+    clean_sorted = np.sort(probability[clean])[::-1]
+    allowed = int(np.floor(target_fpr * len(clean_sorted)))
+    threshold = float(np.nextafter(clean_sorted[allowed], 1.0)) if allowed < len(clean_sorted) else 0.0
+    threshold = min(max(threshold, 1e-6), 1.0)
+    network.set_calibration(torch.as_tensor(mean, **as_buffer), torch.as_tensor(precision, **as_buffer),
+                            temperature, novelty_scale, novelty_offset, threshold)
+    flagged = probability >= threshold
+    return {
+        "n_clean": int(clean.sum()),
+        "n_corrupted": int((~clean).sum()),
+        "target_fpr": float(target_fpr),
+        "temperature": float(temperature),
+        "novelty_scale": float(novelty_scale),
+        "novelty_offset": float(novelty_offset),
+        "threshold": threshold,
+        "validation": {
+            "auroc_classifier": _auroc(logit, label),
+            "auroc_novelty": _auroc(novelty, label),
+            "auroc_calibrated": _auroc(probability, label),
+            "fpr_at_threshold": float(flagged[clean].mean()),
+            "sensitivity_at_threshold": float(flagged[~clean].mean()),
+        },
+    }
+
+
+def calibrate_bundle_weights(
+    network: nn.Module,
+    loader: Iterable[dict[str, torch.Tensor]],
+    weights: str | os.PathLike,
+    target_fpr: float = 0.01,
+    device: str | torch.device = "cpu",
+    report: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Load the validation-best weights, calibrate them, and save weights + calibration back (atomically).
+
+    The bundle's ``train.json`` runs this after training: the saved ``models/model.pt`` then holds everything
+    :class:`~sgad_med.detector.SliceAnomalyDetector` needs.
+
+    Args:
+        network: the bundle's network (its weights are replaced by those in ``weights``).
+        loader: validation batches.
+        weights: the checkpoint to calibrate and overwrite (``models/model.pt``).
+        target_fpr: false-positive rate on clean validation slices at the stored threshold.
+        device: where the network runs.
+        report: also write the calibration summary as JSON here.
+
+    Returns:
+        The summary of :func:`calibrate_detector`.
+    """
+    weights = Path(weights)
+    module = network.module if hasattr(network, "module") else network  # unwrap DistributedDataParallel
+    state = torch.load(weights, map_location=device, weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    module.load_state_dict(state)
+    summary = calibrate_detector(module, loader, target_fpr=target_fpr, device=device)
+    with atomic_file(weights, overwrite=True) as tmp:
+        torch.save(module.state_dict(), tmp)
+    if report is not None:
+        with atomic_file(Path(report), overwrite=True) as tmp:
+            Path(tmp).write_text(json.dumps(summary, indent=2) + "\n")
+    logger.info("calibrated %s: %s", weights, json.dumps(summary))
+    return summary

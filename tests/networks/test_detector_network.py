@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import torch
+
+from sgad_med.networks import SliceAnomalyNet
+
+
+def _tiny() -> SliceAnomalyNet:
+    torch.manual_seed(0)
+    return SliceAnomalyNet(context=1, init_features=4, growth_rate=4, block_config=(1, 1)).eval()
+
+
+def test_logits_features_and_probability_shapes_for_any_slice_size():
+    net = _tiny()
+    for shape in ((2, 3, 32, 48), (1, 3, 57, 41)):
+        stack = torch.rand(*shape)
+        assert net(stack).shape == (shape[0], 1)
+        assert net.embed(stack).ndim == 2
+        probability = net.probability(stack)
+        assert probability.shape == (shape[0],) and ((probability >= 0) & (probability <= 1)).all()
+
+
+def test_uncalibrated_probability_is_the_sigmoid_of_the_logit():
+    net = _tiny()
+    stack = torch.rand(3, 3, 32, 32)
+    assert torch.allclose(net.probability(stack), torch.sigmoid(net(stack)[:, 0]))
+
+
+def test_calibrated_probability_takes_the_stronger_of_classifier_and_novelty():
+    net = _tiny()
+    n = net.novelty_mean.numel()
+    net.set_calibration(torch.zeros(n), torch.eye(n), temperature=2.0, novelty_scale=1.0, novelty_offset=-3.0,
+                        threshold=0.7)
+    logit = torch.tensor([4.0, -4.0, -4.0])
+    novelty = torch.tensor([0.0, 10.0, 0.0])
+    expected = torch.sigmoid(torch.tensor([2.0, 7.0, -2.0]))
+    assert torch.allclose(net.combine(logit, novelty), expected)
+    assert abs(float(net.threshold) - 0.7) < 1e-6 and bool(net.calibrated)
+
+
+def test_novelty_is_zero_at_the_clean_mean_and_grows_away_from_it():
+    net = _tiny()
+    n = net.novelty_mean.numel()
+    mean = torch.rand(n)
+    net.set_calibration(mean, torch.eye(n) * 4.0, 1.0, 1.0, 0.0, 0.5)
+    distances = net.novelty(torch.stack([mean, mean + 1.0 / n**0.5, mean + 2.0 / n**0.5]))
+    assert torch.allclose(distances, torch.tensor([0.0, 2.0, 4.0]), atol=1e-5)
+
+
+def test_calibration_travels_with_the_state_dict():
+    net = _tiny()
+    n = net.novelty_mean.numel()
+    net.set_calibration(torch.ones(n), torch.eye(n) * 2.0, 1.5, 0.3, -1.0, 0.42)
+    other = _tiny()
+    other.load_state_dict(net.state_dict())
+    assert bool(other.calibrated) and abs(float(other.threshold) - 0.42) < 1e-6
+    stack = torch.rand(2, 3, 32, 32)
+    assert torch.allclose(other.probability(stack), net.probability(stack))
