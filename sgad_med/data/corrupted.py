@@ -10,6 +10,7 @@ item is the same at every access (validation and evaluation sets).
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -123,6 +124,7 @@ class CorruptedSlices(Dataset):
         self.min_foreground = float(min_foreground)
         self.multiple = int(multiple)
         self.cache = cache
+        self.damage_seed = self.seed
         self._stacks: dict[int, torch.Tensor] = {}
         self._accesses: dict[int, int] = {}
         self._generator: SyntheticStyleGenerator | None = None
@@ -160,12 +162,27 @@ class CorruptedSlices(Dataset):
             self._stacks[index] = stacks
         return stacks
 
+    def with_kinds(self, kinds: Sequence[str], seed: int | None = None) -> CorruptedSlices:
+        """The same clean volumes (sharing their cache), damaged by other kinds (and draws, with ``seed``).
+
+        Leave-one-type-out trains many detectors on the same slices; rendering them once saves most of the time.
+        """
+        other = copy.copy(self)
+        unknown = sorted(set(kinds) - set(ARTIFACT_KINDS))
+        if unknown or not kinds:
+            raise ValueError(f"kinds must be a non-empty subset of {ARTIFACT_KINDS}, got unknown {unknown}")
+        other.kinds = [str(k) for k in kinds]
+        other._accesses = {}
+        if seed is not None:
+            other.damage_seed = int(seed)
+        return other
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         stacks = self.clean_stacks(index)
         access = self._accesses.get(index, 0)
         if self.redraw:
             self._accesses[index] = access + 1
-        rng = np.random.default_rng([self.seed, index, 1, access])
+        rng = np.random.default_rng([self.damage_seed, index, 1, access])
         centre, width = self.context, stacks.shape[1]
         images, labels, kinds, severities = [], [], [], []
         for stack in stacks:
