@@ -1,0 +1,940 @@
+"""The held-out evaluation of anomalous-slice detection, and the classical baseline the detector has to beat.
+
+Three parts:
+
+* **metrics** on per-slice scores: :func:`auroc` (MONAI's ``compute_roc_auc``), :func:`average_precision`
+  (AUPRC, step-wise as scikit-learn's ``average_precision_score``), :func:`threshold_at_fpr`;
+* **the classical baseline**: :func:`classical_slice_scores`, per-slice image statistics (noise, high-frequency
+  energy, intensities inside and outside the head, edge energy, difference to the neighbouring slices), each
+  z-scored robustly against the neighbouring slices and combined by the largest ``|z|``; and
+  :class:`ClassicalBaseline`, which holds its operating threshold, set at 1 % FPR on clean *validation*
+  volumes of training anatomies in training styles (:func:`validation_volumes`), never on the evaluation set;
+* **the evaluation**: :func:`detection_cases` (held-out anatomies in held-out styles, normalized as at inference,
+  with the head truth), :func:`evaluate_detection` (a few head slices of each volume corrupted with one artifact
+  kind at one severity by :func:`~sgad_med.transforms.artifacts.apply_slice_artifact`, every slice of the whole
+  volume scored by the detector and the baseline; the clean volumes, as they are and after harmonization, give
+  the negatives and the false-positive rates), :func:`format_table`, and :class:`DetectionEvaluation`, which
+  the bundle's ``evaluate.json`` (``sgad-med evaluate detector``) runs. :func:`leave_one_out_summary` and
+  :func:`format_leave_one_out` build the leave-one-type-out table from the evaluations of models trained
+  without one kind each.
+
+Metrics per artifact kind and severity, for the detector and the baseline side by side: slice-level AUROC and
+AUPRC (the corrupted slices of that kind against every clean head slice of the clean volumes; AUPRC therefore
+depends on the prevalence, ``n_positive / (n_positive + n_negative)``, which the JSON records), sensitivity at
+the method's threshold (the detector's stored one, the baseline's validation one) and the false-positive rate at
+that threshold on clean head slices: of the clean input volumes, of the same volumes after harmonization, and
+(JSON only, ``fpr_rest``) of the corrupted volumes' untouched head slices two or more slices away from damage.
+
+Example::
+
+    from sgad_med.detector import SliceAnomalyDetector
+    from sgad_med.evaluation.detection import DetectionEvaluation
+
+    evaluation = DetectionEvaluation(SliceAnomalyDetector.from_bundle("bundles/slice_anomaly_detection"),
+                                     n_anatomies=2, kinds=["spike", "motion"], output_dir="eval_output")
+    results = evaluation()        # prints the table, writes eval_output/detection_evaluation.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = [
+    "BASELINE_FEATURES",
+    "DEFAULT_SEVERITIES",
+    "SEVERITY_NAMES",
+    "VALIDATION_ANATOMY_SEEDS",
+    "auroc",
+    "average_precision",
+    "threshold_at_fpr",
+    "slice_features",
+    "robust_neighbour_z",
+    "classical_slice_scores",
+    "ClassicalBaseline",
+    "head_slices",
+    "validation_volumes",
+    "detection_cases",
+    "corrupted_slices_for",
+    "evaluate_detection",
+    "format_table",
+    "DetectionEvaluation",
+    "leave_one_out_summary",
+    "format_leave_one_out",
+]
+
+#: Severities evaluated by default; 0.5 ("moderate") is the one the quality bar is stated at.
+DEFAULT_SEVERITIES: tuple[float, ...] = (0.25, 0.5, 0.75)
+#: Names of the usual severities, for the table.
+SEVERITY_NAMES: dict[float, str] = {0.25: "mild", 0.5: "moderate", 0.75: "severe"}
+#: Training anatomies whose clean volumes (training styles) set the baseline's threshold; disjoint from
+#: ``HELDOUT_ANATOMY_SEEDS``, which the evaluation uses.
+VALIDATION_ANATOMY_SEEDS = range(900, 906)
+#: The per-slice statistics of :func:`slice_features`, in column order.
+BASELINE_FEATURES: tuple[str, ...] = (
+    "noise",
+    "high_frequency",
+    "head_mean",
+    "p99",
+    "background_mean",
+    "head_area",
+    "edge_energy",
+    "neighbour_difference",
+)
+#: The two methods compared, in table order.
+METHODS: tuple[str, ...] = ("detector", "baseline")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# metrics on per-slice scores
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _scores_labels(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    labels = np.asarray(labels).reshape(-1).astype(bool)
+    if scores.shape != labels.shape:
+        raise ValueError(f"{scores.size} scores but {labels.size} labels")
+    if not np.isfinite(scores).all():
+        raise ValueError("scores must be finite")
+    if labels.all() or not labels.any():
+        raise ValueError("AUROC/AUPRC need at least one positive and one negative")
+    return scores, labels
+
+
+def auroc(scores: Any, labels: Any) -> float:
+    """Area under the ROC curve (ties count one half), via :func:`monai.metrics.compute_roc_auc`.
+
+    Args:
+        scores: per-slice scores, higher = more anomalous.
+        labels: 1 (or True) for anomalous slices, 0 for clean ones; both must occur.
+
+    Returns:
+        AUROC in [0, 1]: 1 when every anomalous slice scores above every clean one, 0.5 for chance, 0 inverted.
+    """
+    import torch
+    from monai.metrics import compute_roc_auc
+
+    scores, labels = _scores_labels(scores, labels)
+    return float(compute_roc_auc(torch.as_tensor(scores), torch.as_tensor(labels.astype(np.float64))))
+
+
+def average_precision(scores: Any, labels: Any) -> float:
+    """Area under the precision-recall curve as average precision: ``sum_n (R_n - R_{n-1}) P_n``.
+
+    The step-wise sum of scikit-learn's ``average_precision_score`` (no interpolation), with tied scores forming
+    one threshold. Chance level is the prevalence of positives.
+
+    Args:
+        scores: per-slice scores, higher = more anomalous.
+        labels: 1 (or True) for anomalous slices, 0 for clean ones; both must occur.
+
+    Returns:
+        AUPRC in (0, 1].
+    """
+    scores, labels = _scores_labels(scores, labels)
+    order = np.argsort(-scores, kind="mergesort")
+    ranked, hits = scores[order], labels[order]
+    true_positives = np.cumsum(hits)
+    false_positives = np.cumsum(~hits)
+    ends = np.r_[np.flatnonzero(np.diff(ranked) != 0), ranked.size - 1]  # last index of each group of tied scores
+    tp, fp = true_positives[ends], false_positives[ends]
+    precision = tp / (tp + fp)
+    recall = tp / labels.sum()
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def threshold_at_fpr(clean_scores: Any, fpr: float = 0.01) -> float:
+    """The lowest threshold at which at most a fraction ``fpr`` of clean scores is flagged (``score >= t``).
+
+    Args:
+        clean_scores: scores of clean (validation) slices.
+        fpr: target false-positive rate in [0, 1).
+
+    Returns:
+        The threshold: just above the ``floor(fpr * n) + 1``-th highest clean score.
+    """
+    scores = np.sort(np.asarray(clean_scores, dtype=np.float64).reshape(-1))[::-1]
+    if scores.size == 0:
+        raise ValueError("threshold_at_fpr needs at least one clean score")
+    if not 0.0 <= fpr < 1.0:
+        raise ValueError(f"fpr must lie in [0, 1), got {fpr}")
+    allowed = int(np.floor(fpr * scores.size))  # this many clean slices may lie above the threshold
+    return float(np.nextafter(scores[allowed], np.inf))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the classical baseline
+# ----------------------------------------------------------------------------------------------------------------
+
+# Immerkær (1996) noise kernel: the difference of two Laplacians, blind to linear ramps; its response to white
+# noise of std sigma has std 6 sigma (the kernel's L2 norm).
+_NOISE_KERNEL = np.array([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]])
+_MAD_TO_STD = 1.4826
+
+
+def slice_features(volume01: np.ndarray, head_threshold: float = 0.05) -> np.ndarray:
+    """Per-slice image statistics ``[D, F]`` (columns :data:`BASELINE_FEATURES`) of a normalized volume.
+
+    The head of each slice is estimated from the slice itself (intensity above ``head_threshold``, opened, holes
+    filled): the baseline never sees the truth. Per axial slice:
+
+    - ``noise``: robust noise std, the MAD of the Immerkær noise-kernel response inside the head / 6 (Rician
+      noise bursts, zipper, spikes);
+    - ``high_frequency``: fraction of the spectral energy (mean removed) above 0.25 cycles/pixel (checkerboard,
+      Gibbs ringing, herringbone, stripes);
+    - ``head_mean``, ``p99``: mean and 99th percentile of the head (signal loss, bias jumps, intensity drift,
+      saturation, contrast inversion);
+    - ``background_mean``: mean outside the dilated head (ghosts, motion smear, border bands);
+    - ``head_area``: head fraction of the slice (dropout, shifts, signal loss);
+    - ``edge_energy``: mean Sobel gradient magnitude (blur, ringing, hallucinated or erased structure);
+    - ``neighbour_difference``: mean ``|slice_k - (slice_{k-1} + slice_{k+1}) / 2|`` (anything a slice has and
+      its neighbours lack: shifts, blobs, through-plane jumps; one neighbour at the ends).
+
+    Args:
+        volume01: ``[H, W, D]`` intensities in [0, 1], slice axis last.
+        head_threshold: intensity above which a voxel counts as head.
+
+    Returns:
+        float64 ``[D, F]``.
+    """
+    v = np.asarray(volume01, dtype=np.float64)
+    if v.ndim != 3:
+        raise ValueError(f"classical slice scores need an [H, W, D] volume, got shape {v.shape}")
+    h, w, depth = v.shape
+    features = np.zeros((depth, len(BASELINE_FEATURES)))
+
+    # spectra of all slices at once: energy above 0.25 cycles/pixel over all energy but the mean's
+    fy, fx = np.meshgrid(np.fft.fftfreq(h), np.fft.fftfreq(w), indexing="ij")
+    high = np.hypot(fy, fx) > 0.25
+    power = np.abs(np.fft.fft2(v - v.mean(axis=(0, 1), keepdims=True), axes=(0, 1))) ** 2
+    total = power.sum(axis=(0, 1))
+    hf_fraction = np.where(total > 0, power[high].sum(axis=0) / np.maximum(total, 1e-12), 0.0)
+
+    # neighbours' mean, replicated at the volume's ends
+    padded = np.concatenate([v[..., :1], v, v[..., -1:]], axis=-1) if depth > 1 else np.concatenate([v, v, v], -1)
+    neighbours = 0.5 * (padded[..., :-2] + padded[..., 2:])
+    if depth > 1:
+        neighbours[..., 0], neighbours[..., -1] = v[..., 1], v[..., -2]
+    neighbour_difference = np.abs(v - neighbours).mean(axis=(0, 1))
+
+    structure = np.ones((3, 3), dtype=bool)
+    for k in range(depth):
+        s = v[..., k]
+        head = ndimage.binary_fill_holes(ndimage.binary_opening(s > head_threshold, structure=structure))
+        outside = ~ndimage.binary_dilation(head, structure=structure, iterations=2)
+        response = ndimage.convolve(s, _NOISE_KERNEL, mode="reflect")
+        inner = response[head] if head.sum() >= 16 else response.reshape(-1)
+        noise = _MAD_TO_STD * np.median(np.abs(inner - np.median(inner))) / 6.0
+        gradient = np.hypot(ndimage.sobel(s, axis=0), ndimage.sobel(s, axis=1))
+        head_values = s[head] if head.any() else np.zeros(1)
+        features[k] = (
+            noise,
+            hf_fraction[k],
+            head_values.mean(),
+            np.percentile(s, 99.0),
+            s[outside].mean() if outside.any() else 0.0,
+            head.mean(),
+            gradient.mean(),
+            neighbour_difference[k],
+        )
+    return features
+
+
+def robust_neighbour_z(values: np.ndarray, window: int = 5, min_scale: float = 1e-6) -> np.ndarray:
+    """Each value z-scored robustly against its neighbours along the first axis: ``(x_k - median) / scale``.
+
+    The median and MAD are taken over the ``window`` values on each side of ``k`` (``k`` itself excluded, so a
+    damaged slice does not pull its own reference; fewer at the ends). ``scale`` is ``1.4826 * MAD``, floored at
+    half the median local MAD of the whole column (a locally flat feature would otherwise turn tiny differences
+    into huge z) and at ``min_scale``.
+
+    Args:
+        values: ``[D]`` or ``[D, F]`` per-slice values.
+        window: neighbours on each side.
+        min_scale: smallest scale.
+
+    Returns:
+        float64 z-scores of ``values``' shape.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    squeeze = x.ndim == 1
+    x = x[:, None] if squeeze else x
+    depth = x.shape[0]
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    medians, mads = np.zeros_like(x), np.zeros_like(x)
+    for k in range(depth):
+        lo, hi = max(0, k - window), min(depth, k + window + 1)
+        others = np.r_[np.arange(lo, k), np.arange(k + 1, hi)]
+        if others.size == 0:  # a single slice: nothing to compare with
+            medians[k] = x[k]
+            continue
+        reference = x[others]
+        medians[k] = np.median(reference, axis=0)
+        mads[k] = np.median(np.abs(reference - medians[k]), axis=0)
+    floor = 0.5 * np.median(mads, axis=0, keepdims=True)
+    scale = _MAD_TO_STD * np.maximum(np.maximum(mads, floor), min_scale / _MAD_TO_STD)
+    z = (x - medians) / scale
+    return z[:, 0] if squeeze else z
+
+
+def classical_slice_scores(volume01: np.ndarray, window: int = 5, head_threshold: float = 0.05) -> np.ndarray:
+    """The classical baseline's anomaly score of every axial slice: the largest robust ``|z|`` of its statistics.
+
+    Each statistic of :func:`slice_features` (noise, high-frequency energy fraction, head mean and 99th
+    percentile, background mean, head area, edge energy, difference to the neighbouring slices) is z-scored
+    against the same statistic of the ``window`` slices on each side (median and MAD, see
+    :func:`robust_neighbour_z`): anatomy changes slowly along the slice axis, an artifact hits one slice. The
+    score is the largest ``|z|`` over the statistics, so any one of them can flag a slice. It is not a
+    probability; its operating threshold comes from clean validation volumes (:class:`ClassicalBaseline`).
+
+    Args:
+        volume01: ``[H, W, D]`` normalized intensities in [0, 1], slice axis last.
+        window: neighbouring slices on each side that each slice is compared with.
+        head_threshold: intensity above which a voxel counts as head (see :func:`slice_features`).
+
+    Returns:
+        float64 ``[D]`` scores >= 0, higher = more anomalous.
+    """
+    z = robust_neighbour_z(slice_features(volume01, head_threshold), window=window)
+    return np.abs(z).max(axis=1)
+
+
+def head_slices(mask: np.ndarray, min_foreground: float = 0.1) -> np.ndarray:
+    """Boolean ``[D]``: the slices whose head fraction (of a ``[H, W, D]`` mask) is at least ``min_foreground``."""
+    return np.asarray(mask, dtype=bool).mean(axis=(0, 1)) >= min_foreground
+
+
+def _normalize_mr(volume: np.ndarray) -> np.ndarray:
+    """Robust-percentile normalization, exactly as a real MR scan gets at inference."""
+    from sgad_med.transforms.intensity import normalize
+
+    return np.asarray(normalize(np.asarray(volume)[None], modality="MR")[0])[0].astype(np.float32)
+
+
+def _harmonize(harmonizer: Any, volume01: np.ndarray) -> np.ndarray:
+    import torch
+
+    out = harmonizer.harmonize01(torch.as_tensor(np.asarray(volume01, dtype=np.float32)))
+    out = out.detach().cpu().numpy() if hasattr(out, "detach") else np.asarray(out)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def validation_volumes(
+    anatomy_seeds: Iterable[int] = VALIDATION_ANATOMY_SEEDS,
+    spacing: float = 2.0,
+    seed: int = 0,
+    mni_dir: str | os.PathLike | None = None,
+    min_foreground: float = 0.1,
+) -> list[dict]:
+    """Clean validation volumes: training anatomies in training styles, normalized as at inference.
+
+    Args:
+        anatomy_seeds: from ``TRAIN_ANATOMY_SEEDS`` (a held-out seed raises: thresholds are never set on the
+            evaluation anatomies).
+        spacing: voxel size in mm.
+        seed: the generator's global seed.
+        mni_dir: folder of the MNI template (``None``: searched).
+        min_foreground: head fraction from which a slice counts (see :func:`head_slices`).
+
+    Returns:
+        One dict per volume: ``volume`` (float32 ``[H, W, D]`` in [0, 1]), ``head`` (bool ``[D]``),
+        ``anatomy_seed``, ``style``.
+    """
+    from sgad_med.data.mni import load_mni_template
+    from sgad_med.data.synthetic import HELDOUT_ANATOMY_SEEDS, SyntheticStyleGenerator
+    from sgad_med.evaluation.harmonization import head_mask
+
+    seeds = [int(a) for a in anatomy_seeds]
+    leaked = [a for a in seeds if a in HELDOUT_ANATOMY_SEEDS]
+    if leaked:
+        raise ValueError(f"validation anatomies {leaked} are held-out evaluation anatomies; use TRAIN_ANATOMY_SEEDS")
+    generator = SyntheticStyleGenerator(template=load_mni_template(mni_dir, spacing=spacing), seed=seed,
+                                        anatomy_cache=1)
+    volumes = []
+    for i, anatomy_seed in enumerate(seeds):
+        pair = generator.pair(anatomy_seed, style_seed=i, split="train")
+        volumes.append({
+            "volume": _normalize_mr(pair["source"]),
+            "head": head_slices(head_mask(pair["target"]), min_foreground),
+            "anatomy_seed": anatomy_seed,
+            "style": pair["style"].name,
+        })
+    return volumes
+
+
+class ClassicalBaseline:
+    """:func:`classical_slice_scores` with an operating threshold set on clean validation volumes.
+
+    Args:
+        window: neighbouring slices on each side (see :func:`classical_slice_scores`).
+        head_threshold: intensity above which a voxel counts as head.
+        threshold: the operating threshold; ``None`` until :meth:`fit_threshold`.
+
+    Example::
+
+        baseline = ClassicalBaseline().fit_threshold(validation_volumes(), fpr=0.01)
+        flagged = baseline.score01(volume01) >= baseline.threshold
+    """
+
+    def __init__(self, window: int = 5, head_threshold: float = 0.05, threshold: float | None = None) -> None:
+        self.window, self.head_threshold = int(window), float(head_threshold)
+        self.threshold = None if threshold is None else float(threshold)
+        self.validation_anatomy_seeds: list[int] = []
+        self.n_validation_slices = 0
+
+    def score01(self, volume01: np.ndarray) -> np.ndarray:
+        """Scores ``[D]`` of a normalized volume ``[H, W, D]``."""
+        return classical_slice_scores(np.asarray(volume01), window=self.window, head_threshold=self.head_threshold)
+
+    def fit_threshold(self, volumes: Sequence[dict], fpr: float = 0.01, harmonizer: Any = None) -> ClassicalBaseline:
+        """Set :attr:`threshold` for a false-positive rate ``fpr`` on the head slices of clean validation volumes.
+
+        Args:
+            volumes: from :func:`validation_volumes` (dicts with ``volume``, ``head``, ``anatomy_seed``).
+            fpr: target false-positive rate.
+            harmonizer: when given, each volume's harmonized version is added to the clean slices, as the
+                detector's threshold also covers harmonized clean slices.
+
+        Returns:
+            ``self``, with :attr:`threshold`, :attr:`validation_anatomy_seeds` and :attr:`n_validation_slices` set.
+        """
+        if not volumes:
+            raise ValueError("fit_threshold needs at least one clean validation volume")
+        clean: list[np.ndarray] = []
+        for item in volumes:
+            head = np.asarray(item["head"], dtype=bool)
+            clean.append(self.score01(item["volume"])[head])
+            if harmonizer is not None:
+                clean.append(self.score01(_harmonize(harmonizer, item["volume"]))[head])
+        scores = np.concatenate(clean)
+        self.threshold = threshold_at_fpr(scores, fpr)
+        self.validation_anatomy_seeds = sorted({int(item["anatomy_seed"]) for item in volumes})
+        self.n_validation_slices = int(scores.size)
+        return self
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the evaluation
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def detection_cases(
+    n_anatomies: int = 8,
+    styles_per_anatomy: int = 1,
+    spacing: float = 2.0,
+    seed: int = 0,
+    mni_dir: str | os.PathLike | None = None,
+    min_foreground: float = 0.1,
+) -> list[dict]:
+    """Clean held-out volumes to corrupt: held-out anatomies in held-out styles, normalized as at inference.
+
+    Anatomy ``a`` is ``HELDOUT_ANATOMY_SEEDS[a]``, its styles are drawn with ``split="heldout"`` and style seeds
+    ``a * styles_per_anatomy + s`` (as :func:`~sgad_med.evaluation.harmonization.heldout_cases`). The volume is
+    normalized as a real MR scan is (``normalize(volume[None], modality="MR")``). The head slices come from the
+    truth (the head mask of the reference-style rendering).
+
+    Args:
+        n_anatomies: how many held-out anatomies.
+        styles_per_anatomy: held-out styles (volumes) per anatomy.
+        spacing: voxel size in mm (2.0 for evaluation; 8.0 for quick tests).
+        seed: the generator's global seed.
+        mni_dir: folder of the MNI template (``None``: searched).
+        min_foreground: head fraction from which a slice counts (see :func:`head_slices`).
+
+    Returns:
+        One dict per volume: ``volume`` (float32 ``[H, W, D]`` in [0, 1]), ``head`` (bool ``[D]``),
+        ``anatomy_seed``, ``style_seed``, ``style``.
+    """
+    from sgad_med.data.mni import load_mni_template
+    from sgad_med.data.synthetic import HELDOUT_ANATOMY_SEEDS, SyntheticStyleGenerator
+    from sgad_med.evaluation.harmonization import head_mask
+
+    if not 1 <= n_anatomies <= len(HELDOUT_ANATOMY_SEEDS):
+        raise ValueError(f"n_anatomies must be in [1, {len(HELDOUT_ANATOMY_SEEDS)}], got {n_anatomies}")
+    if styles_per_anatomy < 1:
+        raise ValueError(f"styles_per_anatomy must be >= 1, got {styles_per_anatomy}")
+    generator = SyntheticStyleGenerator(template=load_mni_template(mni_dir, spacing=spacing), seed=seed,
+                                        anatomy_cache=1)
+    cases = []
+    for a in range(n_anatomies):
+        anatomy_seed = int(HELDOUT_ANATOMY_SEEDS[a])
+        for s in range(styles_per_anatomy):
+            style_seed = a * styles_per_anatomy + s
+            pair = generator.pair(anatomy_seed, style_seed=style_seed, split="heldout")
+            cases.append({
+                "volume": _normalize_mr(pair["source"]),
+                "head": head_slices(head_mask(pair["target"]), min_foreground),
+                "anatomy_seed": anatomy_seed,
+                "style_seed": style_seed,
+                "style": pair["style"].name,
+            })
+    return cases
+
+
+def corrupted_slices_for(head: np.ndarray, count: int, min_gap: int, seed: Sequence[int]) -> np.ndarray:
+    """Up to ``count`` head slices, at least ``min_gap`` apart, never the first or last slice; deterministic.
+
+    Apart, so that each damaged slice has clean neighbours (the 2.5D detector and the baseline's neighbour
+    statistics see one damaged slice at a time, as most real artifacts come).
+
+    Args:
+        head: bool ``[D]``, the slices with head.
+        count: how many slices.
+        min_gap: smallest distance between two chosen slices.
+        seed: seed sequence of the draw.
+
+    Returns:
+        Sorted slice indices (fewer than ``count`` when the head is too thin).
+    """
+    head = np.asarray(head, dtype=bool)
+    candidates = np.flatnonzero(head)
+    candidates = candidates[(candidates > 0) & (candidates < head.size - 1)]
+    rng = np.random.default_rng(list(seed))
+    chosen: list[int] = []
+    for k in rng.permutation(candidates):
+        if len(chosen) == count:
+            break
+        if all(abs(int(k) - c) >= min_gap for c in chosen):
+            chosen.append(int(k))
+    return np.array(sorted(chosen), dtype=int)
+
+
+def _severity_key(severity: float) -> str:
+    return f"{float(severity):g}"
+
+
+def _artifact_seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def _rate(flags: np.ndarray) -> float | None:
+    return float(np.mean(flags)) if flags.size else None
+
+
+def evaluate_detection(
+    methods: Mapping[str, Any],
+    thresholds: Mapping[str, float],
+    cases: Sequence[dict],
+    kinds: Sequence[str],
+    severities: Sequence[float] = DEFAULT_SEVERITIES,
+    slices_per_volume: int = 4,
+    min_gap: int = 3,
+    seed: int = 0,
+    harmonizer: Any = None,
+    progress: bool = False,
+) -> dict:
+    """Score every slice of clean and corrupted held-out volumes with every method; metrics per kind and severity.
+
+    For each case, the clean volume is scored (its head slices are the negatives), and, with a harmonizer, its
+    harmonized version (for the false-positive rate after harmonization). Then for each kind and severity a copy
+    is corrupted on ``slices_per_volume`` head slices at least ``min_gap`` apart (the same slices for every
+    severity of a kind, so severities compare like with like) and scored whole; the corrupted slices are the
+    positives of that kind and severity.
+
+    Args:
+        methods: name -> object with ``score01(volume01 [H, W, D]) -> [D]`` (higher = more anomalous), e.g.
+            ``{"detector": SliceAnomalyDetector, "baseline": ClassicalBaseline}``.
+        thresholds: name -> operating threshold (flagged: ``score >= threshold``).
+        cases: from :func:`detection_cases`.
+        kinds: artifact kinds (keys of :data:`~sgad_med.transforms.artifacts.ARTIFACTS`).
+        severities: severities in [0, 1].
+        slices_per_volume: corrupted slices per volume.
+        min_gap: smallest distance between corrupted slices.
+        seed: seed of the slice choice and the artifacts.
+        harmonizer: object with ``harmonize01`` (e.g. :class:`~sgad_med.harmonizer.Harmonizer`), or ``None``.
+        progress: show a progress bar over volumes.
+
+    Returns:
+        JSON-serialisable dict: ``methods``, ``thresholds``, ``kinds``, ``severities`` (keys as ``"0.5"``),
+        ``per_kind`` (``{kind: {severity: {"n_positive", "n_negative", method: {"auroc", "auprc",
+        "sensitivity", "fpr_rest"}}}}``), ``mean`` (``{severity: {method: {"auroc", "auprc", "sensitivity"}}}``),
+        ``clean`` and ``clean_harmonized`` (``{"n_slices", method: {"fpr"}}``, the latter ``None`` without a
+        harmonizer) and ``seconds_per_volume`` (``{method: s}``).
+    """
+    from tqdm import tqdm
+
+    from sgad_med.transforms.artifacts import ARTIFACT_KINDS, apply_slice_artifact
+
+    cases, kinds = list(cases), list(kinds)
+    severities = [float(s) for s in severities]
+    if not methods or not cases or not kinds or not severities:
+        raise ValueError("evaluate_detection needs methods, cases, kinds and severities")
+    unknown = [k for k in kinds if k not in ARTIFACT_KINDS]
+    if unknown:
+        raise ValueError(f"unknown artifact kinds {unknown}; choose from {list(ARTIFACT_KINDS)}")
+    names = list(methods)
+    clean = {m: [] for m in names}
+    harmonized = {m: [] for m in names}
+    positives = {(k, s): {m: [] for m in names} for k in kinds for s in severities}
+    rest = {(k, s): {m: [] for m in names} for k in kinds for s in severities}
+    timing, n_scored = dict.fromkeys(names, 0.0), 0
+
+    def score_all(volume: np.ndarray) -> dict[str, np.ndarray]:
+        nonlocal n_scored
+        out = {}
+        for name in names:
+            start = time.perf_counter()
+            out[name] = np.asarray(methods[name].score01(volume), dtype=np.float64).reshape(-1)
+            timing[name] += time.perf_counter() - start
+            if out[name].shape != (volume.shape[-1],):
+                raise ValueError(f"{name} returned {out[name].shape} scores for {volume.shape[-1]} slices")
+        n_scored += 1
+        return out
+
+    per_case = 1 + (harmonizer is not None) + len(kinds) * len(severities)
+    bar = tqdm(total=len(cases) * per_case, desc="evaluating detection", unit="volume", disable=not progress)
+    for c, case in enumerate(cases):
+        volume, head = np.asarray(case["volume"], dtype=np.float32), np.asarray(case["head"], dtype=bool)
+        scores = score_all(volume)
+        for name in names:
+            clean[name].append(scores[name][head])
+        bar.update()
+        if harmonizer is not None:
+            scores = score_all(_harmonize(harmonizer, volume))
+            for name in names:
+                harmonized[name].append(scores[name][head])
+            bar.update()
+        for kind in kinds:
+            k_index = ARTIFACT_KINDS.index(kind)
+            chosen = corrupted_slices_for(head, slices_per_volume, min_gap, [seed, c, k_index])
+            if chosen.size == 0:
+                raise ValueError(f"case {c} (anatomy {case.get('anatomy_seed')}) has no head slice to corrupt")
+            distance = np.min(np.abs(np.arange(head.size)[:, None] - chosen[None, :]), axis=1)
+            untouched = head & (distance >= 2)
+            for s_index, severity in enumerate(severities):
+                corrupted, _ = apply_slice_artifact(volume[None], kind, chosen, severity,
+                                                    _artifact_seed(seed, c, k_index, s_index))
+                scores = score_all(np.asarray(corrupted)[0])
+                for name in names:
+                    positives[kind, severity][name].append(scores[name][chosen])
+                    rest[kind, severity][name].append(scores[name][untouched] >= thresholds[name])
+                bar.update()
+    bar.close()
+
+    negatives = {m: np.concatenate(clean[m]) for m in names}
+    per_kind: dict[str, dict] = {}
+    for kind in kinds:
+        per_kind[kind] = {}
+        for severity in severities:
+            row: dict[str, Any] = {}
+            for name in names:
+                pos = np.concatenate(positives[kind, severity][name])
+                neg = negatives[name]
+                labels = np.r_[np.ones(pos.size, bool), np.zeros(neg.size, bool)]
+                both = np.r_[pos, neg]
+                row["n_positive"], row["n_negative"] = int(pos.size), int(neg.size)
+                row[name] = {
+                    "auroc": auroc(both, labels),
+                    "auprc": average_precision(both, labels),
+                    "sensitivity": float(np.mean(pos >= thresholds[name])),
+                    "fpr_rest": _rate(np.concatenate(rest[kind, severity][name])),
+                }
+            per_kind[kind][_severity_key(severity)] = row
+    mean = {
+        _severity_key(s): {
+            name: {
+                metric: float(np.mean([per_kind[k][_severity_key(s)][name][metric] for k in kinds]))
+                for metric in ("auroc", "auprc", "sensitivity")
+            }
+            for name in names
+        }
+        for s in severities
+    }
+
+    def fpr_block(store: dict[str, list[np.ndarray]]) -> dict | None:
+        if not store[names[0]]:
+            return None
+        block: dict[str, Any] = {"n_slices": int(sum(a.size for a in store[names[0]]))}
+        for name in names:
+            block[name] = {"fpr": float(np.mean(np.concatenate(store[name]) >= thresholds[name]))}
+        return block
+
+    return {
+        "methods": names,
+        "thresholds": {name: float(thresholds[name]) for name in names},
+        "kinds": kinds,
+        "severities": [_severity_key(s) for s in severities],
+        "per_kind": per_kind,
+        "mean": mean,
+        "clean": fpr_block(clean),
+        "clean_harmonized": fpr_block(harmonized),
+        "seconds_per_volume": {name: timing[name] / max(n_scored, 1) for name in names},
+    }
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100.0 * value:.1f}%"
+
+
+def format_table(results: Mapping[str, Any]) -> str:
+    """One fixed-width table of :func:`evaluate_detection` results: detector and baseline side by side.
+
+    A block per severity: a row per artifact kind (AUROC, AUPRC and sensitivity at the threshold for each
+    method, and whether the first method's AUROC beats the second's: ``yes``, ``no`` or ``tie`` when they differ
+    by less than 0.0005) and a mean row; then the false-positive rates
+    on clean head slices, as they are and after harmonization.
+
+    Args:
+        results: what :func:`evaluate_detection` returned (or its JSON round trip).
+
+    Returns:
+        The table, lines joined by newlines (no trailing newline).
+    """
+    names = list(results["methods"])
+    short = {"detector": "det", "baseline": "base"}
+    labels = [short.get(n, n[:6]) for n in names]
+    kind_width = max([len("mean"), len("artifact kind")] + [len(k) for k in results["kinds"]]) + 2
+    columns = [f"AUROC {lab}" for lab in labels] + [f"AUPRC {lab}" for lab in labels]
+    columns += [f"sens {lab}" for lab in labels]
+    better = len(names) >= 2
+    header = f"{'artifact kind':<{kind_width}}" + "".join(f"{c:>12}" for c in columns)
+    header += f"{names[0] + ' better':>16}" if better else ""
+
+    def cells(entry: Mapping[str, Any]) -> str:
+        row = "".join(f"{entry[n]['auroc']:>12.3f}" for n in names)
+        row += "".join(f"{entry[n]['auprc']:>12.3f}" for n in names)
+        row += "".join(f"{_pct(entry[n]['sensitivity']):>12}" for n in names)
+        if better:
+            difference = entry[names[0]]["auroc"] - entry[names[1]]["auroc"]
+            row += f"{'tie' if abs(difference) < 5e-4 else 'yes' if difference > 0 else 'no':>16}"
+        return row
+
+    thresholds = ", ".join(f"{n} {results['thresholds'][n]:.4g}" for n in names)
+    lines = []
+    for severity in results["severities"]:
+        name = SEVERITY_NAMES.get(float(severity))
+        if lines:
+            lines.append("")
+        lines.append(f"severity {severity}{f' ({name})' if name else ''}; thresholds: {thresholds}")
+        lines += [header, "-" * len(header)]
+        for kind in results["kinds"]:
+            entry = results["per_kind"][kind][severity]
+            lines.append(f"{kind:<{kind_width}}" + cells(entry))
+        lines.append("-" * len(header))
+        lines.append(f"{'mean':<{kind_width}}" + cells(results["mean"][severity]))
+    lines.append("")
+    lines.append("false-positive rate on clean head slices at the threshold")
+    for key, title in (("clean", "clean input"), ("clean_harmonized", "clean after harmonization")):
+        block = results.get(key)
+        if block is None:
+            lines.append(f"  {title:<28}(no harmonizer)")
+            continue
+        rates = "  ".join(f"{n} {_pct(block[n]['fpr']):>6}" for n in names)
+        lines.append(f"  {title:<28}{rates}   ({block['n_slices']} slices)")
+    return "\n".join(lines)
+
+
+class DetectionEvaluation:
+    """The detection evaluation run by the bundle's ``evaluate.json`` and ``sgad-med evaluate detector``.
+
+    Scores, in one run on the same held-out volumes, the detector (whole volumes through
+    :meth:`~sgad_med.detector.SliceAnomalyDetector.score01`, as the pipeline does, at its stored threshold unless
+    overridden) and the classical baseline (:class:`ClassicalBaseline`, its threshold set at ``target_fpr`` on
+    clean validation volumes of training anatomies, harmonized copies included when there is a harmonizer).
+    Prints :func:`format_table` and writes ``detection_evaluation.json`` to ``output_dir``.
+
+    Args:
+        detector: a :class:`~sgad_med.detector.SliceAnomalyDetector` (anything with ``score01`` and ``threshold``).
+        harmonizer: a :class:`~sgad_med.harmonizer.Harmonizer` for the clean-after-harmonization rates, or ``None``.
+        n_anatomies: held-out anatomies (one held-out style each unless ``styles_per_anatomy``).
+        severities: artifact severities in [0, 1].
+        kinds: artifact kinds (``None``: all of ``ARTIFACT_KINDS``).
+        slices_per_volume: corrupted slices per volume.
+        seed: seed of the data, the slice choice and the artifacts.
+        mni_dir: folder of the MNI template (``None``: searched).
+        output_dir: where ``detection_evaluation.json`` is written.
+        spacing: voxel size in mm.
+        styles_per_anatomy: held-out styles per anatomy.
+        min_gap: smallest distance between corrupted slices of a volume.
+        validation_anatomies: training anatomies whose clean volumes set the baseline's threshold.
+        target_fpr: the baseline's false-positive rate on validation slices.
+        window: the baseline's neighbouring slices on each side.
+        cases: ready-made cases (:func:`detection_cases`) instead of building them from the arguments above.
+        progress: show a progress bar.
+    """
+
+    def __init__(
+        self,
+        detector: Any,
+        harmonizer: Any = None,
+        n_anatomies: int = 8,
+        severities: Sequence[float] = DEFAULT_SEVERITIES,
+        kinds: Sequence[str] | None = None,
+        slices_per_volume: int = 4,
+        seed: int = 0,
+        mni_dir: str | os.PathLike | None = None,
+        output_dir: str | os.PathLike = "eval_output",
+        spacing: float = 2.0,
+        styles_per_anatomy: int = 1,
+        min_gap: int = 3,
+        validation_anatomies: Iterable[int] = VALIDATION_ANATOMY_SEEDS,
+        target_fpr: float = 0.01,
+        window: int = 5,
+        cases: Sequence[dict] | None = None,
+        progress: bool = True,
+    ) -> None:
+        from sgad_med.transforms.artifacts import ARTIFACT_KINDS
+
+        self.detector, self.harmonizer = detector, harmonizer
+        self.n_anatomies, self.styles_per_anatomy = int(n_anatomies), int(styles_per_anatomy)
+        self.severities = [float(s) for s in severities]
+        self.kinds = list(ARTIFACT_KINDS if kinds is None else kinds)
+        self.slices_per_volume, self.min_gap, self.seed = int(slices_per_volume), int(min_gap), int(seed)
+        self.mni_dir, self.spacing = mni_dir, float(spacing)
+        self.output_dir = Path(output_dir)
+        self.validation_anatomies = [int(a) for a in validation_anatomies]
+        self.target_fpr, self.window = float(target_fpr), int(window)
+        self.cases = None if cases is None else list(cases)
+        self.progress = progress
+        self.baseline: ClassicalBaseline | None = None
+        self.results: dict | None = None
+
+    def fit_baseline(self) -> ClassicalBaseline:
+        """The classical baseline with its threshold set on the clean validation volumes."""
+        volumes = validation_volumes(self.validation_anatomies, spacing=self.spacing, seed=self.seed,
+                                     mni_dir=self.mni_dir)
+        return ClassicalBaseline(window=self.window).fit_threshold(volumes, self.target_fpr, self.harmonizer)
+
+    def run(self) -> dict:
+        """Evaluate, print the table, write the JSON; returns the results."""
+        from sgad_med import __version__
+
+        start = time.perf_counter()
+        cases = self.cases if self.cases is not None else detection_cases(
+            self.n_anatomies, self.styles_per_anatomy, spacing=self.spacing, seed=self.seed, mni_dir=self.mni_dir
+        )
+        evaluated = sorted({int(c["anatomy_seed"]) for c in cases})
+        overlap = set(evaluated) & set(self.validation_anatomies)
+        if overlap:
+            raise ValueError(f"anatomies {sorted(overlap)} are both evaluated and used to set the baseline threshold")
+        self.baseline = self.fit_baseline()
+        results = evaluate_detection(
+            {"detector": self.detector, "baseline": self.baseline},
+            {"detector": float(self.detector.threshold), "baseline": float(self.baseline.threshold)},
+            cases, self.kinds, self.severities, self.slices_per_volume, self.min_gap, self.seed,
+            harmonizer=self.harmonizer, progress=self.progress,
+        )
+        results["settings"] = {
+            "n_volumes": len(cases),
+            "anatomy_seeds": evaluated,
+            "styles": [str(c["style"]) for c in cases],
+            "validation_anatomy_seeds": self.baseline.validation_anatomy_seeds,
+            "n_validation_slices": self.baseline.n_validation_slices,
+            "target_fpr": self.target_fpr,
+            "spacing": self.spacing,
+            "slices_per_volume": self.slices_per_volume,
+            "min_gap": self.min_gap,
+            "window": self.window,
+            "seed": self.seed,
+            "harmonizer": self.harmonizer is not None,
+            "detector_threshold": "override" if getattr(self.detector, "_threshold", None) is not None else "stored",
+            "sgad_med": __version__,
+            "data": "held-out anatomies (HELDOUT_ANATOMY_SEEDS) in held-out styles, normalized as at inference; "
+            "baseline threshold set on clean training-anatomy validation volumes in training styles",
+        }
+        results["seconds"] = time.perf_counter() - start
+        self.results = results
+        print(format_table(results))
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        (self.output_dir / "detection_evaluation.json").write_text(json.dumps(results, indent=2))
+        return results
+
+    __call__ = run
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# leave one type out
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def leave_one_out_summary(
+    results_by_heldout_kind: Mapping[str, Mapping[str, Any]], severity: float = 0.5, method: str = "detector"
+) -> dict:
+    """AUROC of each model on the one kind it was trained without, and their mean.
+
+    Args:
+        results_by_heldout_kind: held-out kind -> the :func:`evaluate_detection` results (or the JSON) of the model
+            trained without that kind; each must contain that kind at ``severity``.
+        severity: the severity read.
+        method: the method read (the baseline's AUROC is reported alongside when present).
+
+    Returns:
+        ``{"severity", "method", "auroc": {kind: value}, "mean", "baseline": {kind: value} | None,
+        "baseline_mean"}``.
+    """
+    if not results_by_heldout_kind:
+        raise ValueError("leave_one_out_summary needs at least one held-out kind")
+    key = _severity_key(severity)
+    values, baseline = {}, {}
+    for kind, results in results_by_heldout_kind.items():
+        try:
+            entry = results["per_kind"][kind][key]
+        except KeyError as err:
+            raise ValueError(f"the results for held-out kind {kind!r} have no {kind!r} at severity {key}") from err
+        values[kind] = float(entry[method]["auroc"])
+        if "baseline" in entry:
+            baseline[kind] = float(entry["baseline"]["auroc"])
+    full_baseline = len(baseline) == len(values)
+    return {
+        "severity": key,
+        "method": method,
+        "auroc": values,
+        "mean": float(np.mean(list(values.values()))),
+        "baseline": baseline if full_baseline else None,
+        "baseline_mean": float(np.mean(list(baseline.values()))) if full_baseline else None,
+    }
+
+
+def format_leave_one_out(
+    results_by_heldout_kind: Mapping[str, Mapping[str, Any]],
+    severity: float = 0.5,
+    method: str = "detector",
+    full_results: Mapping[str, Any] | None = None,
+) -> str:
+    """The leave-one-type-out table: held-out kind -> AUROC on that kind, and the mean.
+
+    Args:
+        results_by_heldout_kind: see :func:`leave_one_out_summary`.
+        severity: the severity read.
+        method: the method read.
+        full_results: optionally, the results of the model trained on every kind, for an extra column.
+
+    Returns:
+        The table, lines joined by newlines.
+    """
+    summary = leave_one_out_summary(results_by_heldout_kind, severity, method)
+    key = summary["severity"]
+    width = max([len("held-out kind")] + [len(k) for k in summary["auroc"]]) + 2
+    header = f"{'held-out kind':<{width}}{'AUROC (left out)':>18}"
+    if full_results is not None:
+        header += f"{'AUROC (all kinds)':>19}"
+    if summary["baseline"] is not None:
+        header += f"{'AUROC baseline':>16}"
+    lines = [f"leave-one-type-out, severity {key}, {method}", header, "-" * len(header)]
+    full_values = []
+    for kind, value in summary["auroc"].items():
+        row = f"{kind:<{width}}{value:>18.3f}"
+        if full_results is not None:
+            full = float(full_results["per_kind"][kind][key][method]["auroc"])
+            full_values.append(full)
+            row += f"{full:>19.3f}"
+        if summary["baseline"] is not None:
+            row += f"{summary['baseline'][kind]:>16.3f}"
+        lines.append(row)
+    lines.append("-" * len(header))
+    row = f"{'mean':<{width}}{summary['mean']:>18.3f}"
+    if full_results is not None:
+        row += f"{np.mean(full_values):>19.3f}"
+    if summary["baseline"] is not None:
+        row += f"{summary['baseline_mean']:>16.3f}"
+    lines.append(row)
+    return "\n".join(lines)

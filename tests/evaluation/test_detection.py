@@ -1,0 +1,218 @@
+"""The detection evaluation: score metrics, the classical baseline, its validation threshold, the end-to-end run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sgad_med.data.synthetic import HELDOUT_ANATOMY_SEEDS, TRAIN_ANATOMY_SEEDS
+from sgad_med.detector import SliceAnomalyDetector
+from sgad_med.evaluation.detection import (
+    BASELINE_FEATURES,
+    ClassicalBaseline,
+    DetectionEvaluation,
+    auroc,
+    average_precision,
+    classical_slice_scores,
+    corrupted_slices_for,
+    detection_cases,
+    format_leave_one_out,
+    format_table,
+    leave_one_out_summary,
+    robust_neighbour_z,
+    slice_features,
+    threshold_at_fpr,
+    validation_volumes,
+)
+from sgad_med.networks.detector import SliceAnomalyNet
+from sgad_med.transforms.artifacts import apply_slice_artifact
+from tests.conftest import SAMPLE_DATA
+
+MNI = SAMPLE_DATA / "mni"
+SPACING = 8.0  # 25 x 29 x 24 voxels: seconds, not minutes
+
+
+@pytest.fixture(scope="module")
+def case() -> dict:
+    return detection_cases(n_anatomies=1, spacing=SPACING, mni_dir=MNI)[0]
+
+
+def tiny_detector() -> SliceAnomalyDetector:
+    torch.manual_seed(0)
+    net = SliceAnomalyNet(context=1, init_features=4, growth_rate=4, block_config=(1, 1))
+    return SliceAnomalyDetector(net, device="cpu", batch_size=8)
+
+
+class SmoothingHarmonizer:
+    """Stands in for the GAN: any change of appearance that keeps the anatomy."""
+
+    def harmonize01(self, volume01: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(volume01 * 0.9 + 0.05, 0.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------------------- metrics
+
+
+def test_auroc_and_auprc_of_a_perfect_ranking_are_one():
+    labels = np.r_[np.ones(5), np.zeros(20)]
+    scores = np.r_[np.linspace(0.6, 1.0, 5), np.linspace(0.0, 0.5, 20)]
+    assert auroc(scores, labels) == pytest.approx(1.0)
+    assert average_precision(scores, labels) == pytest.approx(1.0)
+
+
+def test_auroc_and_auprc_of_an_inverted_ranking():
+    n_pos, n_neg = 4, 16
+    labels = np.r_[np.ones(n_pos), np.zeros(n_neg)]
+    scores = np.r_[np.linspace(0.0, 0.1, n_pos), np.linspace(0.5, 1.0, n_neg)]
+    assert auroc(scores, labels) == pytest.approx(0.0)
+    # every positive comes after all negatives: precision i / (n_neg + i) at recall i / n_pos
+    expected = np.mean([i / (n_neg + i) for i in range(1, n_pos + 1)])
+    assert average_precision(scores, labels) == pytest.approx(expected)
+
+
+def test_auroc_and_auprc_of_random_scores_are_chance():
+    rng = np.random.default_rng(0)
+    labels = rng.random(20_000) < 0.1
+    scores = rng.random(20_000)
+    assert auroc(scores, labels) == pytest.approx(0.5, abs=0.02)
+    assert average_precision(scores, labels) == pytest.approx(labels.mean(), abs=0.02)
+
+
+def test_average_precision_by_hand_and_with_ties():
+    # ranks 1..4: hit, miss, hit, miss -> 0.5 * 1 + 0.5 * 2/3
+    assert average_precision([0.9, 0.8, 0.7, 0.6], [1, 0, 1, 0]) == pytest.approx(0.5 + 1 / 3)
+    # all tied: one threshold, precision = prevalence; AUROC counts ties one half
+    assert average_precision(np.ones(8), [1, 0, 0, 0, 1, 0, 0, 0]) == pytest.approx(0.25)
+    assert auroc(np.ones(8), [1, 0, 0, 0, 1, 0, 0, 0]) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="positive and one negative"):
+        auroc([0.1, 0.2], [1, 1])
+
+
+def test_threshold_at_fpr_flags_at_most_that_fraction():
+    clean = np.arange(100.0)
+    threshold = threshold_at_fpr(clean, 0.01)
+    assert np.mean(clean >= threshold) == pytest.approx(0.01)
+    assert 98.0 < threshold <= 99.0
+    assert np.mean(clean >= threshold_at_fpr(clean, 0.0)) == 0.0
+
+
+# --------------------------------------------------------------------------------------------------------- baseline
+
+
+def test_robust_neighbour_z_singles_out_an_outlier():
+    values = 1.0 + 0.01 * np.sin(np.arange(30))
+    values[12] += 1.0
+    z = robust_neighbour_z(values, window=4)
+    assert np.argmax(np.abs(z)) == 12
+    assert abs(z[12]) > 10 * np.abs(np.delete(z, 12)).max()
+
+
+@pytest.mark.parametrize("kind", ["rician", "spike", "intensity_jump"])
+def test_baseline_scores_an_obviously_corrupted_slice_above_its_clean_neighbours(case, kind):
+    volume, head = case["volume"], case["head"]
+    k = int(np.flatnonzero(head)[len(np.flatnonzero(head)) // 2])
+    corrupted, _ = apply_slice_artifact(volume[None], kind, [k], 0.75, seed=3)
+    scores = classical_slice_scores(np.asarray(corrupted)[0])
+    assert scores.shape == (volume.shape[-1],)
+    neighbours = scores[k - 3:k + 4][np.arange(7) != 3]
+    assert scores[k] > 2 * neighbours.max()
+    assert slice_features(volume).shape == (volume.shape[-1], len(BASELINE_FEATURES))
+
+
+def test_corrupted_slices_are_head_slices_apart_from_each_other(case):
+    head = case["head"]
+    chosen = corrupted_slices_for(head, count=4, min_gap=3, seed=[0, 1])
+    assert len(chosen) == 4 and head[chosen].all()
+    assert np.diff(chosen).min() >= 3
+    assert 0 < chosen.min() and chosen.max() < head.size - 1
+    np.testing.assert_array_equal(chosen, corrupted_slices_for(head, 4, 3, [0, 1]))
+
+
+def test_baseline_threshold_comes_from_training_anatomies_only():
+    with pytest.raises(ValueError, match="held-out"):
+        validation_volumes([HELDOUT_ANATOMY_SEEDS[0]], spacing=SPACING, mni_dir=MNI)
+    volumes = validation_volumes(range(900, 902), spacing=SPACING, mni_dir=MNI)
+    baseline = ClassicalBaseline().fit_threshold(volumes, fpr=0.01)
+    assert baseline.validation_anatomy_seeds == [900, 901]
+    assert all(a in TRAIN_ANATOMY_SEEDS for a in baseline.validation_anatomy_seeds)
+    clean = np.concatenate([baseline.score01(v["volume"])[v["head"]] for v in volumes])
+    assert np.mean(clean >= baseline.threshold) <= 0.01
+    assert baseline.n_validation_slices == clean.size
+
+
+# ------------------------------------------------------------------------------------------------------- end to end
+
+
+def test_detection_evaluation_runs_end_to_end_and_writes_json(tmp_path, capsys):
+    detector = tiny_detector()
+    evaluation = DetectionEvaluation(
+        detector, harmonizer=SmoothingHarmonizer(), n_anatomies=1, severities=[0.5], kinds=["spike", "shift"],
+        slices_per_volume=2, spacing=SPACING, mni_dir=MNI, output_dir=tmp_path / "out",
+        validation_anatomies=range(900, 902), progress=False,
+    )
+    results = evaluation()
+    written = json.loads((tmp_path / "out" / "detection_evaluation.json").read_text())
+    assert written == json.loads(json.dumps(results))
+    for key in ("methods", "thresholds", "kinds", "severities", "per_kind", "mean", "clean", "clean_harmonized",
+                "seconds_per_volume", "settings", "seconds"):
+        assert key in written, key
+    assert written["methods"] == ["detector", "baseline"]
+    assert written["kinds"] == ["spike", "shift"] and written["severities"] == ["0.5"]
+    for kind in ("spike", "shift"):
+        row = written["per_kind"][kind]["0.5"]
+        assert row["n_positive"] == 2 and row["n_negative"] > 10
+        for method in ("detector", "baseline"):
+            for metric in ("auroc", "auprc", "sensitivity"):
+                assert 0.0 <= row[method][metric] <= 1.0
+    for block in ("clean", "clean_harmonized"):
+        assert 0.0 <= written[block]["detector"]["fpr"] <= 1.0
+        assert 0.0 <= written[block]["baseline"]["fpr"] <= 1.0
+    assert written["thresholds"]["detector"] == pytest.approx(detector.threshold)
+
+    # the baseline's threshold is the one set on the (training-anatomy) validation volumes, never the evaluated ones
+    settings = written["settings"]
+    assert settings["anatomy_seeds"] == [HELDOUT_ANATOMY_SEEDS[0]]
+    assert settings["validation_anatomy_seeds"] == [900, 901]
+    assert not set(settings["anatomy_seeds"]) & set(settings["validation_anatomy_seeds"])
+    expected = ClassicalBaseline().fit_threshold(validation_volumes(range(900, 902), spacing=SPACING, mni_dir=MNI),
+                                                 0.01, SmoothingHarmonizer())
+    assert written["thresholds"]["baseline"] == pytest.approx(expected.threshold)
+
+    printed = capsys.readouterr().out
+    assert "spike" in printed and "mean" in printed and "clean after harmonization" in printed
+    assert format_table(written) == format_table(results)
+
+
+def test_evaluation_refuses_validation_anatomies_that_are_evaluated(tmp_path, case):
+    evaluation = DetectionEvaluation(tiny_detector(), kinds=["spike"], severities=[0.5], spacing=SPACING,
+                                     mni_dir=MNI, output_dir=tmp_path, cases=[case],
+                                     validation_anatomies=[case["anatomy_seed"]], progress=False)
+    with pytest.raises(ValueError, match="anatom"):
+        evaluation.run()
+
+
+# --------------------------------------------------------------------------------------------- leave one type out
+
+
+def _results(values: dict[str, tuple[float, float]]) -> dict:
+    return {"per_kind": {k: {"0.5": {"detector": {"auroc": d}, "baseline": {"auroc": b}}}
+                         for k, (d, b) in values.items()}}
+
+
+def test_leave_one_out_table_reads_each_model_on_its_held_out_kind():
+    by_kind = {
+        "spike": _results({"spike": (0.9, 0.8), "motion": (1.0, 1.0)}),
+        "motion": _results({"spike": (1.0, 1.0), "motion": (0.7, 0.6)}),
+    }
+    summary = leave_one_out_summary(by_kind)
+    assert summary["auroc"] == {"spike": 0.9, "motion": 0.7}
+    assert summary["mean"] == pytest.approx(0.8)
+    assert summary["baseline_mean"] == pytest.approx(0.7)
+    full = _results({"spike": (0.99, 0.8), "motion": (0.98, 0.6)})
+    table = format_leave_one_out(by_kind, full_results=full)
+    assert "spike" in table and "0.900" in table and "0.800" in table and "0.985" in table
+    with pytest.raises(ValueError, match="no 'gibbs'"):
+        leave_one_out_summary({"gibbs": _results({"spike": (1.0, 1.0)})})
