@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.metrics import compute_roc_auc
 from torch import nn
 
+from sgad_med.evaluation.detection import auroc
 from sgad_med.io.atomic import atomic_file
 
 __all__ = ["collect_evidence", "fit_logistic", "calibrate_detector", "calibrate_bundle_weights"]
@@ -88,11 +88,6 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, scale: bool = True, bias: bool = 
     optimizer.step(closure)
     return float(a.detach()), float(b.detach())
 
-
-def _auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    if labels.min() == labels.max():
-        return float("nan")
-    return float(compute_roc_auc(torch.as_tensor(scores), torch.as_tensor(labels)))
 
 
 @torch.no_grad()
@@ -161,9 +156,9 @@ def calibrate_detector(
         "novelty_offset": float(novelty_offset),
         "threshold": threshold,
         "validation": {
-            "auroc_classifier": _auroc(logit, label),
-            "auroc_novelty": _auroc(novelty, label),
-            "auroc_calibrated": _auroc(probability, label),
+            "auroc_classifier": auroc(logit, label),
+            "auroc_novelty": auroc(novelty, label),
+            "auroc_calibrated": auroc(probability, label),
             "fpr_at_threshold": float(flagged[clean].mean()),
             "sensitivity_at_threshold": float(flagged[~clean].mean()),
         },

@@ -22,13 +22,13 @@ from typing import Any
 import numpy as np
 import torch
 from monai.engines import SupervisedTrainer
-from monai.metrics import compute_roc_auc
 from monai.utils import set_determinism
 from torch.utils.data import DataLoader
 
 from sgad_med.data.corrupted import CorruptedSlices
 from sgad_med.data.slices import collate_slices
 from sgad_med.engines.detection import calibrate_detector
+from sgad_med.evaluation.detection import auroc
 from sgad_med.io.atomic import atomic_file
 from sgad_med.networks import SliceAnomalyNet
 from sgad_med.transforms.artifacts import ARTIFACT_KINDS
@@ -51,9 +51,6 @@ def _scores(network: SliceAnomalyNet, dataset: CorruptedSlices, device: torch.de
         parts["label"].append(item["label"][:, 0].numpy())
     return {key: np.concatenate(value) for key, value in parts.items()}
 
-
-def _auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    return float(compute_roc_auc(torch.as_tensor(scores, dtype=torch.float64), torch.as_tensor(labels)))
 
 
 def leave_one_type_out(
@@ -113,9 +110,9 @@ def leave_one_type_out(
         label = scored["label"]
         flagged = scored["probability"] >= float(network.threshold)
         folds[left_out] = {
-            "auroc": _auroc(scored["probability"], label),
-            "auroc_classifier": _auroc(scored["logit"], label),
-            "auroc_novelty": _auroc(scored["novelty"], label),
+            "auroc": auroc(scored["probability"], label),
+            "auroc_classifier": auroc(scored["logit"], label),
+            "auroc_novelty": auroc(scored["novelty"], label),
             "sensitivity": float(flagged[label == 1].mean()),
             "fpr": float(flagged[label == 0].mean()),
             "threshold": float(network.threshold),

@@ -14,9 +14,8 @@ Three parts:
   kind at one severity by :func:`~sgad_med.transforms.artifacts.apply_slice_artifact`, every slice of the whole
   volume scored by the detector and the baseline; the clean volumes, as they are and after harmonization, give
   the negatives and the false-positive rates), :func:`format_table`, and :class:`DetectionEvaluation`, which
-  the bundle's ``evaluate.json`` (``sgad-med evaluate detector``) runs. :func:`leave_one_out_summary` and
-  :func:`format_leave_one_out` build the leave-one-type-out table from the evaluations of models trained
-  without one kind each.
+  the bundle's ``evaluate.json`` (``sgad-med evaluate detector``) runs. The leave-one-type-out experiment is
+  :mod:`sgad_med.engines.leave_one_out` (it trains one detector per left-out kind).
 
 Metrics per artifact kind and severity, for the detector and the baseline side by side: slice-level AUROC and
 AUPRC (the corrupted slices of that kind against every clean head slice of the clean volumes; AUPRC therefore
@@ -47,6 +46,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from sgad_med.evaluation.harmonization import normalize_mr
+
 __all__ = [
     "BASELINE_FEATURES",
     "DEFAULT_SEVERITIES",
@@ -66,8 +67,6 @@ __all__ = [
     "evaluate_detection",
     "format_table",
     "DetectionEvaluation",
-    "leave_one_out_summary",
-    "format_leave_one_out",
 ]
 
 #: Severities evaluated by default; 0.5 ("moderate") is the one the quality bar is stated at.
@@ -313,13 +312,6 @@ def head_slices(mask: np.ndarray, min_foreground: float = 0.1) -> np.ndarray:
     return np.asarray(mask, dtype=bool).mean(axis=(0, 1)) >= min_foreground
 
 
-def _normalize_mr(volume: np.ndarray) -> np.ndarray:
-    """Robust-percentile normalization, exactly as a real MR scan gets at inference."""
-    from sgad_med.transforms.intensity import normalize
-
-    return np.asarray(normalize(np.asarray(volume)[None], modality="MR")[0])[0].astype(np.float32)
-
-
 def _harmonize(harmonizer: Any, volume01: np.ndarray) -> np.ndarray:
     import torch
 
@@ -363,7 +355,7 @@ def validation_volumes(
     for i, anatomy_seed in enumerate(seeds):
         pair = generator.pair(anatomy_seed, style_seed=i, split="train")
         volumes.append({
-            "volume": _normalize_mr(pair["source"]),
+            "volume": normalize_mr(pair["source"]),
             "head": head_slices(head_mask(pair["target"]), min_foreground),
             "anatomy_seed": anatomy_seed,
             "style": pair["style"].name,
@@ -471,7 +463,7 @@ def detection_cases(
             style_seed = a * styles_per_anatomy + s
             pair = generator.pair(anatomy_seed, style_seed=style_seed, split="heldout")
             cases.append({
-                "volume": _normalize_mr(pair["source"]),
+                "volume": normalize_mr(pair["source"]),
                 "head": head_slices(head_mask(pair["target"]), min_foreground),
                 "anatomy_seed": anatomy_seed,
                 "style_seed": style_seed,
@@ -849,92 +841,3 @@ class DetectionEvaluation:
         return results
 
     __call__ = run
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# leave one type out
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def leave_one_out_summary(
-    results_by_heldout_kind: Mapping[str, Mapping[str, Any]], severity: float = 0.5, method: str = "detector"
-) -> dict:
-    """AUROC of each model on the one kind it was trained without, and their mean.
-
-    Args:
-        results_by_heldout_kind: held-out kind -> the :func:`evaluate_detection` results (or the JSON) of the model
-            trained without that kind; each must contain that kind at ``severity``.
-        severity: the severity read.
-        method: the method read (the baseline's AUROC is reported alongside when present).
-
-    Returns:
-        ``{"severity", "method", "auroc": {kind: value}, "mean", "baseline": {kind: value} | None,
-        "baseline_mean"}``.
-    """
-    if not results_by_heldout_kind:
-        raise ValueError("leave_one_out_summary needs at least one held-out kind")
-    key = _severity_key(severity)
-    values, baseline = {}, {}
-    for kind, results in results_by_heldout_kind.items():
-        try:
-            entry = results["per_kind"][kind][key]
-        except KeyError as err:
-            raise ValueError(f"the results for held-out kind {kind!r} have no {kind!r} at severity {key}") from err
-        values[kind] = float(entry[method]["auroc"])
-        if "baseline" in entry:
-            baseline[kind] = float(entry["baseline"]["auroc"])
-    full_baseline = len(baseline) == len(values)
-    return {
-        "severity": key,
-        "method": method,
-        "auroc": values,
-        "mean": float(np.mean(list(values.values()))),
-        "baseline": baseline if full_baseline else None,
-        "baseline_mean": float(np.mean(list(baseline.values()))) if full_baseline else None,
-    }
-
-
-def format_leave_one_out(
-    results_by_heldout_kind: Mapping[str, Mapping[str, Any]],
-    severity: float = 0.5,
-    method: str = "detector",
-    full_results: Mapping[str, Any] | None = None,
-) -> str:
-    """The leave-one-type-out table: held-out kind -> AUROC on that kind, and the mean.
-
-    Args:
-        results_by_heldout_kind: see :func:`leave_one_out_summary`.
-        severity: the severity read.
-        method: the method read.
-        full_results: optionally, the results of the model trained on every kind, for an extra column.
-
-    Returns:
-        The table, lines joined by newlines.
-    """
-    summary = leave_one_out_summary(results_by_heldout_kind, severity, method)
-    key = summary["severity"]
-    width = max([len("held-out kind")] + [len(k) for k in summary["auroc"]]) + 2
-    header = f"{'held-out kind':<{width}}{'AUROC (left out)':>18}"
-    if full_results is not None:
-        header += f"{'AUROC (all kinds)':>19}"
-    if summary["baseline"] is not None:
-        header += f"{'AUROC baseline':>16}"
-    lines = [f"leave-one-type-out, severity {key}, {method}", header, "-" * len(header)]
-    full_values = []
-    for kind, value in summary["auroc"].items():
-        row = f"{kind:<{width}}{value:>18.3f}"
-        if full_results is not None:
-            full = float(full_results["per_kind"][kind][key][method]["auroc"])
-            full_values.append(full)
-            row += f"{full:>19.3f}"
-        if summary["baseline"] is not None:
-            row += f"{summary['baseline'][kind]:>16.3f}"
-        lines.append(row)
-    lines.append("-" * len(header))
-    row = f"{'mean':<{width}}{summary['mean']:>18.3f}"
-    if full_results is not None:
-        row += f"{np.mean(full_values):>19.3f}"
-    if summary["baseline"] is not None:
-        row += f"{summary['baseline_mean']:>16.3f}"
-    lines.append(row)
-    return "\n".join(lines)

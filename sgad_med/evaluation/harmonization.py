@@ -541,7 +541,7 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def _normalize_mr(volume: np.ndarray) -> np.ndarray:
+def normalize_mr(volume: np.ndarray) -> np.ndarray:
     """Robust-percentile normalization, exactly as a real MR scan gets at inference."""
     from sgad_med.transforms.intensity import normalize
 
@@ -594,10 +594,10 @@ def heldout_cases(
         for s in range(styles_per_anatomy):
             style_seed = a * styles_per_anatomy + s
             pair = generator.pair(anatomy_seed, style_seed=style_seed, split="heldout")
-            target = _normalize_mr(pair["target"])
+            target = normalize_mr(pair["target"])
             cases.append(
                 {
-                    "source": _normalize_mr(pair["source"]),
+                    "source": normalize_mr(pair["source"]),
                     "target": target,
                     "reference_input": target,
                     "mask": head_mask(pair["target"]),
@@ -635,7 +635,7 @@ def reference_volumes(
     generator = SyntheticStyleGenerator(
         template=load_mni_template(mni_dir, spacing=spacing), seed=seed, anatomy_cache=1
     )
-    return [_normalize_mr(generator.volume(a, REFERENCE_STYLE)) for a in seeds]
+    return [normalize_mr(generator.volume(a, REFERENCE_STYLE)) for a in seeds]
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -19,9 +19,7 @@ from sgad_med.evaluation.detection import (
     classical_slice_scores,
     corrupted_slices_for,
     detection_cases,
-    format_leave_one_out,
     format_table,
-    leave_one_out_summary,
     robust_neighbour_z,
     slice_features,
     threshold_at_fpr,
@@ -192,27 +190,3 @@ def test_evaluation_refuses_validation_anatomies_that_are_evaluated(tmp_path, ca
                                      validation_anatomies=[case["anatomy_seed"]], progress=False)
     with pytest.raises(ValueError, match="anatom"):
         evaluation.run()
-
-
-# --------------------------------------------------------------------------------------------- leave one type out
-
-
-def _results(values: dict[str, tuple[float, float]]) -> dict:
-    return {"per_kind": {k: {"0.5": {"detector": {"auroc": d}, "baseline": {"auroc": b}}}
-                         for k, (d, b) in values.items()}}
-
-
-def test_leave_one_out_table_reads_each_model_on_its_held_out_kind():
-    by_kind = {
-        "spike": _results({"spike": (0.9, 0.8), "motion": (1.0, 1.0)}),
-        "motion": _results({"spike": (1.0, 1.0), "motion": (0.7, 0.6)}),
-    }
-    summary = leave_one_out_summary(by_kind)
-    assert summary["auroc"] == {"spike": 0.9, "motion": 0.7}
-    assert summary["mean"] == pytest.approx(0.8)
-    assert summary["baseline_mean"] == pytest.approx(0.7)
-    full = _results({"spike": (0.99, 0.8), "motion": (0.98, 0.6)})
-    table = format_leave_one_out(by_kind, full_results=full)
-    assert "spike" in table and "0.900" in table and "0.800" in table and "0.985" in table
-    with pytest.raises(ValueError, match="no 'gibbs'"):
-        leave_one_out_summary({"gibbs": _results({"spike": (1.0, 1.0)})})
