@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+from sgad_med.engines.detection import calibrate_bundle_weights, calibrate_detector
 from sgad_med.engines.harmonization import PairedHarmonizationTrainer, UnpairedHarmonizationTrainer
+from sgad_med.engines.restoration import RestorationLoss, RestoreFolder, flagged_slices, prepare_restoration_batch
 
-__all__ = ["PairedHarmonizationTrainer", "UnpairedHarmonizationTrainer"]
+__all__ = [
+    "PairedHarmonizationTrainer",
+    "UnpairedHarmonizationTrainer",
+    "calibrate_bundle_weights",
+    "calibrate_detector",
+]
+
+__all__ += ["RestorationLoss", "RestoreFolder", "flagged_slices", "prepare_restoration_batch"]
