@@ -19,6 +19,7 @@ from sgad_med.errors import (  # noqa: E402
     UnsupportedScanError,
 )
 from sgad_med.io import Scan, ScanSource, discover_scans, load_scan, save_scan  # noqa: E402
+from sgad_med.pipeline import Result, SGADPipeline  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -34,4 +35,6 @@ __all__ = [
     "discover_scans",
     "load_scan",
     "save_scan",
+    "SGADPipeline",
+    "Result",
 ]

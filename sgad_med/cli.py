@@ -87,7 +87,9 @@ BUNDLES = {
     "harmonizer": "style_harmonization",
     "detector": "slice_anomaly_detection",
     "restorer": "slice_restoration",
+    "pipeline": "sgad_pipeline",
 }
+TRAINABLE = ("detector", "harmonizer", "restorer")  # the pipeline bundle is inference and evaluation only
 TRAIN_LAYERS = {"paired": [], "unpaired": ["train_unpaired.json"]}
 
 
@@ -137,6 +139,90 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _find_bundles(given: str | None) -> Path:
+    """The bundles folder: ``--bundles``, else ``./bundles``, else the one beside the package (a source checkout)."""
+    if given is not None:
+        root = Path(given)
+        if not root.is_dir():
+            raise SGADError(root, "bundles folder not found", fix="pass --bundles with the folder holding the bundles")
+        return root
+    import sgad_med
+
+    candidates = [Path.cwd() / "bundles", Path(sgad_med.__file__).resolve().parents[1] / "bundles"]
+    for root in candidates:
+        if (root / "style_harmonization").is_dir() or (root / "slice_anomaly_detection").is_dir():
+            return root
+    raise SGADError(None, f"no bundles folder found (looked in {', '.join(str(c) for c in candidates)})",
+                    fix="run from the repository root or pass --bundles PATH (the folder holding style_harmonization,"
+                        " slice_anomaly_detection and slice_restoration)")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Harmonize, detect and restore every scan in the inputs; write the outputs of DESIGN.md's contract."""
+    import torch
+
+    from sgad_med.batch import BatchRunner, dist_env, rank_device, summary_table
+    from sgad_med.pipeline import SGADPipeline
+
+    rank, world_size, _ = dist_env()
+    try:
+        bundles = _find_bundles(args.bundles)
+        device = rank_device(args.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise SGADError(None, f"--device {args.device}: no CUDA GPU is available here",
+                            fix="use --device cpu or auto")
+    except (SGADError, RuntimeError) as err:  # nothing ran: a usage problem
+        print(f"error: {err}" if isinstance(err, SGADError) else f"error: --device {args.device}: {err}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    options = {"harmonize": not args.no_harmonize, "threshold": args.threshold, "batch_size": args.batch_size,
+               "restore_policy": args.restore}
+    settings = {"bundles": str(bundles), "device": str(device), "format": args.format, "workers": args.workers,
+                "world_size": world_size, **options}
+
+    def make_pipeline() -> SGADPipeline:
+        return SGADPipeline.from_bundles(bundles, device=device, **options)
+
+    runner = BatchRunner(make_pipeline, args.out, format=args.format, overwrite=args.overwrite, workers=args.workers,
+                         quiet=args.quiet, debug=args.debug, settings=settings)
+    try:
+        entries = runner.run(args.inputs)
+    except SGADError as err:
+        if args.debug:
+            raise
+        # The networks could not be loaded (missing bundle or weights): no scan was processed.
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    if rank == 0:
+        if args.quiet:
+            print(summary_table(entries).rsplit("\n", 1)[-1])
+        else:
+            print(summary_table(entries))
+        print(f"outputs in {args.out} (manifest.json, report.html)")
+    return runner.exit_code
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not in [0, 1]")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
 def _add_bundle_arguments(command: argparse.ArgumentParser, example: str) -> None:
     """Where the bundle is and config overrides: shared by the commands that run a bundle config."""
     command.add_argument("--bundles", default="bundles", help="folder holding the bundles (default: bundles)")
@@ -161,8 +247,36 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--quiet", action="store_true", help="no progress bar")
     info.set_defaults(handler=cmd_info)
 
+    run = commands.add_parser(
+        "run", help="harmonize, flag and restore the slices of every scan in the inputs",
+        description="Harmonize, detect anomalous slices and restore them, for every scan in the inputs. Writes "
+                    "OUT/<scan_id>/ (harmonized.nii.gz, corrected.nii.gz, slices.csv, report.json, figures), "
+                    "OUT/manifest.json and OUT/report.html. Resumable: finished scans are skipped on a re-run.")
+    run.add_argument("inputs", nargs="+", metavar="INPUT",
+                     help="NIfTI files, DICOM files, DICOM series folders, or folders of many scans (recursive)")
+    run.add_argument("--out", required=True, type=Path, help="output folder (created)")
+    run.add_argument("--format", choices=["nifti", "dicom", "both"], default="nifti",
+                     help="nifti (default): NIfTI outputs; dicom/both: also, for DICOM input, a derived series of the "
+                          "corrected volume and a Key Object Selection of the flagged slices in dicom/")
+    run.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    run.add_argument("--batch-size", type=_positive, default=None, help="slices per forward pass (default: bundles')")
+    run.add_argument("--workers", type=_non_negative, default=1,
+                     help="threads loading and writing scans while the networks run (0: none; default 1)")
+    run.add_argument("--threshold", type=_probability, default=None,
+                     help="anomaly threshold in [0, 1] (default: the detector's calibrated one)")
+    run.add_argument("--no-harmonize", action="store_true", help="skip harmonization: detect and restore the input")
+    run.add_argument("--restore", choices=["flagged", "none"], default="flagged",
+                     help="restore the flagged slices (default) or none (detection only)")
+    run.add_argument("--bundles", default=None,
+                     help="folder holding the bundles (default: ./bundles, else the one beside the package)")
+    run.add_argument("--overwrite", action="store_true", help="redo scans already finished in --out")
+    run.add_argument("--quiet", action="store_true", help="no progress bars and no table, only the counts")
+    # SUPPRESS: `sgad-med --debug run` and `sgad-med run --debug` both work (a False default would hide the first).
+    run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    run.set_defaults(handler=cmd_run)
+
     train = commands.add_parser("train", help="train a network with its bundle's train config")
-    train.add_argument("network", choices=sorted(BUNDLES), help="which network")
+    train.add_argument("network", choices=TRAINABLE, help="which network")
     train.add_argument("--mode", choices=sorted(TRAIN_LAYERS), default="paired",
                        help="harmonizer: paired (synthetic pairs) or unpaired (your own two folders of scans)")
     train.add_argument("--source-dir", type=Path, help="unpaired: scans from the site(s) to harmonize")
@@ -171,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=cmd_train)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a network against classical baselines on held-out data")
-    evaluate.add_argument("network", choices=sorted(BUNDLES), help="which network")
+    evaluate.add_argument("network", choices=sorted(BUNDLES),
+                          help="which network, or the whole pipeline (corrupted held-out scans: detection and repair)")
     evaluate.add_argument("--out", type=Path, help="where the JSON results go (default: <bundle>/eval_output)")
     _add_bundle_arguments(evaluate, example="--set n_anatomies=2")
     evaluate.set_defaults(handler=cmd_evaluate)

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
-from sgad_med.io import Scan
+from sgad_med.bundles import resolve_device
+from sgad_med.errors import SGADError
+from sgad_med.io import Scan, load_scan
+from sgad_med.transforms.intensity import denormalize, normalize
+
+if TYPE_CHECKING:
+    from sgad_med.detector import SliceAnomalyDetector
+    from sgad_med.harmonizer import Harmonizer
+    from sgad_med.restorer import SliceRestorer
 
 #: Values of :attr:`Result.cause`: why a slice was flagged.
 CAUSES = ("", "input", "harmonization", "both")
@@ -51,3 +63,245 @@ class Result:
     def flagged_slices(self) -> list[int]:
         """Indices of the flagged slices."""
         return [int(k) for k in np.flatnonzero(self.flagged)]
+
+
+RESTORE_POLICIES = ("flagged", "none")
+"""What :class:`SGADPipeline` restores: the flagged slices, or nothing (detection only)."""
+
+# Where each component lives inside a bundles folder (model-zoo layout, see DESIGN.md).
+BUNDLE_NAMES = {
+    "harmonizer": "style_harmonization",
+    "detector": "slice_anomaly_detection",
+    "restorer": "slice_restoration",
+}
+
+
+class SGADPipeline:
+    """The whole flow of DESIGN.md for one scan: normalize → harmonize → detect → restore → denormalize.
+
+    The scan is normalized once (CT: HU window, MR: robust percentiles). The harmonizer maps it to the reference
+    style; the detector scores every slice of the *input* and of the *harmonized* volume, and a slice's score is
+    the larger of the two. Slices whose score reaches the threshold are flagged; under the default policy they
+    are restored from their harmonized neighbours, and every other slice stays exactly as harmonized. The
+    harmonized and corrected volumes are mapped back to the input's units with the input's normalization.
+
+    Every stage streams the slices through its network ``batch_size`` at a time (see the three components), so
+    peak memory is a few copies of the volume plus one batch, whatever the number of stages.
+
+    **Slices the GAN damaged.** A slice that is normal in the input but anomalous after harmonization
+    (hallucinated structure, checkerboard, intensity drift introduced by the generator) is flagged like any
+    other: its harmonized score reaches the threshold even though its input score does not. It is restored
+    like any flagged slice, and :attr:`Result.cause` records ``"harmonization"`` for it, so reports say that the
+    GAN, not the acquisition, was the cause. ``"input"`` marks slices anomalous on arrival whose harmonized
+    version scores below the threshold, ``"both"`` slices anomalous before and after harmonization; both kinds are
+    restored too (a damaged input slice that the GAN made look plausible is still not to be trusted).
+
+    Args:
+        harmonizer: a :class:`~sgad_med.harmonizer.Harmonizer` (may be ``None`` when ``harmonize`` is False).
+        detector: a :class:`~sgad_med.detector.SliceAnomalyDetector`.
+        restorer: a :class:`~sgad_med.restorer.SliceRestorer` (may be ``None`` when ``restore_policy`` is
+            ``"none"``).
+        harmonize: run the harmonizer; when False, detection and restoration work on the input itself and
+            ``Result.harmonized`` is ``None``.
+        threshold: decision threshold in [0, 1]; ``None`` takes the detector's calibrated one.
+        restore_policy: ``"flagged"`` (restore the flagged slices) or ``"none"`` (only detect).
+        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda:1"``, ...: the components are moved there;
+            ``None`` leaves them where they are.
+        batch_size: slices per forward pass for every component (``None`` keeps theirs).
+        progress: show progress bars over the slices of each stage.
+
+    Example::
+
+        pipeline = SGADPipeline.from_bundles("bundles")
+        result = pipeline(sgad_med.load_scan("sample_data/synthetic_mr.nii.gz"))
+        print(result.flagged_slices, result.cause)
+        sgad_med.save_scan(result.corrected, "corrected.nii.gz")
+    """
+
+    def __init__(
+        self,
+        harmonizer: Harmonizer | None,
+        detector: SliceAnomalyDetector,
+        restorer: SliceRestorer | None,
+        harmonize: bool = True,
+        threshold: float | None = None,
+        restore_policy: str = "flagged",
+        device: str | torch.device | None = "auto",
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> None:
+        if restore_policy not in RESTORE_POLICIES:
+            raise SGADError(None, f"unknown restore policy {restore_policy!r}", fix=f"use one of {RESTORE_POLICIES}")
+        if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
+            raise SGADError(None, f"threshold {threshold} lies outside [0, 1]", fix="pass a probability, e.g. 0.5")
+        if harmonize and harmonizer is None:
+            raise SGADError(None, "harmonize=True needs a harmonizer", fix="pass one, or harmonize=False")
+        if restore_policy != "none" and restorer is None:
+            raise SGADError(None, f"restore_policy={restore_policy!r} needs a restorer", fix="pass one, or 'none'")
+        self.harmonizer, self.detector, self.restorer = harmonizer, detector, restorer
+        self.harmonize = bool(harmonize)
+        self._threshold = None if threshold is None else float(threshold)
+        self.restore_policy = restore_policy
+        self.device = None if device is None else resolve_device(device)
+        for component in self._components():
+            if self.device is not None and hasattr(component, "network"):
+                component.network = component.network.to(self.device)
+                component.device = self.device
+            if batch_size is not None:
+                component.batch_size = int(batch_size)
+            component.progress = progress
+
+    def _components(self) -> list[Any]:
+        return [c for c in (self.harmonizer, self.detector, self.restorer) if c is not None]
+
+    @classmethod
+    def from_bundles(
+        cls, bundles: str | os.PathLike = "bundles", device: str | torch.device = "auto", **options: Any
+    ) -> SGADPipeline:
+        """Load the three networks from a folder holding the model-zoo bundles.
+
+        Args:
+            bundles: the folder holding ``style_harmonization``, ``slice_anomaly_detection`` and
+                ``slice_restoration`` (each with ``configs/inference.json`` and ``models/model.pt``).
+            device: where the networks run (``"auto"``: CUDA when present).
+            options: the other arguments of :class:`SGADPipeline` (``harmonize``, ``threshold``,
+                ``restore_policy``, ``batch_size``, ``progress``). Components not needed are not loaded.
+
+        Raises:
+            SGADError: the folder or one of the bundles (config or weights) is missing.
+        """
+        from sgad_med.detector import SliceAnomalyDetector
+        from sgad_med.harmonizer import Harmonizer
+        from sgad_med.restorer import SliceRestorer
+
+        root = Path(bundles)
+        if not root.is_dir():
+            raise SGADError(root, "bundles folder not found",
+                            fix="pass the folder holding style_harmonization, slice_anomaly_detection and "
+                                "slice_restoration (e.g. the repository's bundles/)")
+        needed = {"detector": True, "harmonizer": options.get("harmonize", True),
+                  "restorer": options.get("restore_policy", "flagged") != "none"}
+        for role, name in BUNDLE_NAMES.items():
+            if needed[role] and not (root / name).is_dir():
+                raise SGADError(root / name, f"the {role} bundle is missing",
+                                fix=f"put the {name} bundle in {root} or pass another bundles folder")
+        harmonizer = Harmonizer.from_bundle(root / BUNDLE_NAMES["harmonizer"], device) if needed["harmonizer"] else None
+        detector = SliceAnomalyDetector.from_bundle(root / BUNDLE_NAMES["detector"], device)
+        restorer = SliceRestorer.from_bundle(root / BUNDLE_NAMES["restorer"], device) if needed["restorer"] else None
+        return cls(harmonizer, detector, restorer, device=device, **options)
+
+    @property
+    def progress(self) -> bool:
+        """Whether the stages show progress bars over slices."""
+        return any(getattr(c, "progress", False) for c in self._components())
+
+    @progress.setter
+    def progress(self, value: bool) -> None:
+        for component in self._components():
+            component.progress = bool(value)
+
+    @property
+    def threshold(self) -> float:
+        """The decision threshold in use: the override, else the detector's calibrated one."""
+        return self._threshold if self._threshold is not None else float(self.detector.threshold)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The options this pipeline runs with (recorded in every :class:`Result`)."""
+        return {
+            "harmonize": self.harmonize,
+            "threshold": self.threshold,
+            "threshold_source": "override" if self._threshold is not None else "detector",
+            "restore_policy": self.restore_policy,
+            "device": str(self.device if self.device is not None else self.detector.device),
+            "batch_size": {name: int(c.batch_size) for name, c in zip(("harmonizer", "detector", "restorer"),
+                           (self.harmonizer, self.detector, self.restorer)) if c is not None},
+        }
+
+    def __call__(self, scan: Scan | str | os.PathLike) -> Result:
+        """Run the flow on one scan (or the path of one, which is loaded first).
+
+        Args:
+            scan: a :class:`~sgad_med.io.Scan`, or anything :func:`~sgad_med.io.load_scan` reads.
+
+        Returns:
+            The :class:`Result`: harmonized and corrected scans in the input's units and geometry, per-slice
+            scores, flags, restored slices, causes and timings (seconds per stage).
+        """
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        if not isinstance(scan, Scan):
+            scan = load_scan(scan)
+            timings["load"] = time.perf_counter() - start
+        clock = time.perf_counter()
+        image = scan.image.as_tensor().detach().cpu()
+        volume01, params = normalize(image[0:1], modality=scan.modality)
+        input01 = torch.as_tensor(volume01)[0]
+        timings["normalize"] = _lap(clock)
+
+        clock = time.perf_counter()
+        harmonized01 = self.harmonizer.harmonize01(input01) if self.harmonize else input01
+        timings["harmonize"] = _lap(clock)
+
+        clock = time.perf_counter()
+        threshold = self.threshold
+        input_scores = np.asarray(self.detector.score01(input01), dtype=np.float32)
+        harmonized_scores = None
+        if self.harmonize:
+            harmonized_scores = np.asarray(self.detector.score01(harmonized01), dtype=np.float32)
+        scores = input_scores if harmonized_scores is None else np.maximum(input_scores, harmonized_scores)
+        flagged = scores >= threshold
+        harmonized_flags = None if harmonized_scores is None else harmonized_scores >= threshold
+        cause = _causes(input_scores >= threshold, harmonized_flags)
+        timings["detect"] = _lap(clock)
+        del input01  # drop our reference: fewer whole volumes alive during restoration
+
+        clock = time.perf_counter()
+        restored = flagged.copy() if self.restore_policy == "flagged" else np.zeros_like(flagged)
+        chosen = np.flatnonzero(restored)
+        repaired01 = self.restorer.restore01(harmonized01, chosen)[..., chosen] if chosen.size else None
+        timings["restore"] = _lap(clock)
+
+        clock = time.perf_counter()
+        if self.harmonize:
+            # Voxels the normalization clipped are not put back: they belong to the input's style.
+            base = torch.as_tensor(denormalize(harmonized01[None], params, restore_clipped=False))
+            harmonized = scan.with_image(base)
+        else:
+            base, harmonized = image, None
+        corrected_image = base[0:1].clone()
+        if repaired01 is not None:
+            # Only the restored slices change: everywhere else corrected equals harmonized bit for bit.
+            corrected_image[0, ..., chosen] = torch.as_tensor(denormalize(repaired01, params, restore_clipped=False))
+        corrected = scan.with_image(corrected_image)
+        timings["denormalize"] = _lap(clock)
+        timings["total"] = time.perf_counter() - start
+
+        settings = {**self.settings, "threshold": threshold, "modality": scan.modality,
+                    "normalization": {"kind": params.kind, "lo": float(params.lo), "hi": float(params.hi)}}
+        return Result(
+            scan=scan,
+            harmonized=harmonized,
+            corrected=corrected,
+            input_scores=input_scores,
+            harmonized_scores=harmonized_scores,
+            scores=scores.astype(np.float32),
+            flagged=flagged,
+            restored=restored,
+            cause=cause,
+            threshold=threshold,
+            timings=timings,
+            settings=settings,
+        )
+
+
+def _lap(clock: float) -> float:
+    return time.perf_counter() - clock
+
+
+def _causes(input_flags: np.ndarray, harmonized_flags: np.ndarray | None) -> list[str]:
+    """Per slice, why it is flagged: see :data:`CAUSES`."""
+    if harmonized_flags is None:
+        return ["input" if f else "" for f in input_flags]
+    names = {(True, True): "both", (True, False): "input", (False, True): "harmonization", (False, False): ""}
+    return [names[(bool(a), bool(b))] for a, b in zip(input_flags, harmonized_flags)]

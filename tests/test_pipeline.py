@@ -1,0 +1,165 @@
+"""SGADPipeline: the flow of one scan, with stub components whose behaviour is known, and with tiny networks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import sgad_med
+from sgad_med.errors import SGADError
+from sgad_med.pipeline import CAUSES, Result, SGADPipeline
+from tests.conftest import oblique_affine, smooth_volume
+from tests.tiny_bundles import make_tiny_bundles, tiny_components
+
+INPUT_DAMAGED, GAN_DAMAGED = 2, 6
+
+
+class StubHarmonizer:
+    """Harmonization that darkens every slice a little and wrecks one (as a faulty GAN would)."""
+
+    def __init__(self, damage: int | None = GAN_DAMAGED) -> None:
+        self.damage, self.batch_size, self.progress, self.device = damage, 4, False, torch.device("cpu")
+
+    def harmonize01(self, volume01: torch.Tensor) -> torch.Tensor:
+        out = volume01 * 0.9
+        if self.damage is not None:
+            out[..., self.damage] = 1.0  # saturated slice: the stub detector's idea of an anomaly
+        return out
+
+
+class StubDetector:
+    """Score of a slice: the fraction of its voxels at the top of the range (1.0)."""
+
+    def __init__(self, threshold: float = 0.5) -> None:
+        self.threshold, self.batch_size, self.progress, self.device = threshold, 4, False, torch.device("cpu")
+
+    def score01(self, volume01: torch.Tensor) -> np.ndarray:
+        return (torch.as_tensor(volume01) >= 1.0).float().mean(dim=(0, 1)).numpy()
+
+
+class StubRestorer:
+    """Restores a slice as the mean of its two neighbours."""
+
+    def __init__(self) -> None:
+        self.batch_size, self.progress, self.device = 4, False, torch.device("cpu")
+        self.calls: list[list[int]] = []
+
+    def restore01(self, volume01: torch.Tensor, slices) -> torch.Tensor:
+        self.calls.append([int(k) for k in slices])
+        out = volume01.clone()
+        depth = volume01.shape[-1]
+        for k in slices:
+            out[..., k] = 0.5 * (volume01[..., max(k - 1, 0)] + volume01[..., min(k + 1, depth - 1)])
+        return out
+
+
+@pytest.fixture
+def damaged_scan() -> sgad_med.Scan:
+    """An MR-like scan whose slice INPUT_DAMAGED arrived saturated (all voxels far above the rest)."""
+    data = smooth_volume(shape=(24, 20, 9), low=100.0, high=900.0)
+    data[..., INPUT_DAMAGED] = 5000.0
+    image = sgad_med.io.scan.MetaTensor(torch.as_tensor(data)[None], affine=torch.as_tensor(oblique_affine()))
+    return sgad_med.Scan(image=image, scan_id="damaged", modality="MR")
+
+
+def _stub_pipeline(**options) -> SGADPipeline:
+    return SGADPipeline(StubHarmonizer(), StubDetector(), StubRestorer(), device=None, **options)
+
+
+def test_result_fields_flags_causes_and_only_flagged_slices_restored(damaged_scan):
+    result = _stub_pipeline()(damaged_scan)
+    assert isinstance(result, Result)
+    depth = damaged_scan.shape[-1]
+    for name in ("input_scores", "harmonized_scores", "scores", "flagged", "restored"):
+        assert getattr(result, name).shape == (depth,), name
+    assert np.all((result.scores >= 0) & (result.scores <= 1))
+    assert np.array_equal(result.scores, np.maximum(result.input_scores, result.harmonized_scores))
+    assert result.flagged_slices == [INPUT_DAMAGED, GAN_DAMAGED]
+    assert np.array_equal(result.restored, result.flagged)
+    assert set(result.cause) <= set(CAUSES)
+    # Arrived damaged (the stub harmonizer dims it below saturation, so only the input score flags it).
+    assert result.cause[INPUT_DAMAGED] == "input"
+    # Normal in the input, anomalous after harmonization: the GAN did it.
+    assert result.cause[GAN_DAMAGED] == "harmonization"
+    assert all(c == "" for k, c in enumerate(result.cause) if k not in (INPUT_DAMAGED, GAN_DAMAGED))
+    assert result.threshold == 0.5
+    assert {"normalize", "harmonize", "detect", "restore", "denormalize", "total"} <= set(result.timings)
+
+    # Geometry and units of the input; unflagged slices exactly as harmonized, flagged ones restored.
+    for scan in (result.harmonized, result.corrected):
+        assert scan.shape == damaged_scan.shape and np.allclose(scan.affine, damaged_scan.affine)
+    harmonized, corrected = result.harmonized.image.numpy(), result.corrected.image.numpy()
+    unflagged = ~result.flagged
+    assert np.array_equal(corrected[..., unflagged], harmonized[..., unflagged])
+    assert not np.allclose(corrected[..., GAN_DAMAGED], harmonized[..., GAN_DAMAGED])
+    expected = 0.5 * (harmonized[..., GAN_DAMAGED - 1] + harmonized[..., GAN_DAMAGED + 1])
+    assert np.allclose(corrected[..., GAN_DAMAGED], expected, rtol=1e-4, atol=1e-2)
+    assert result.settings["harmonize"] is True and result.settings["restore_policy"] == "flagged"
+
+
+def test_restorer_works_on_the_harmonized_volume_and_only_on_flagged_slices(damaged_scan):
+    pipeline = _stub_pipeline()
+    pipeline(damaged_scan)
+    assert pipeline.restorer.calls == [[INPUT_DAMAGED, GAN_DAMAGED]]
+
+
+def test_no_harmonize_detects_and_restores_the_input(damaged_scan):
+    pipeline = SGADPipeline(None, StubDetector(), StubRestorer(), harmonize=False, device=None)
+    result = pipeline(damaged_scan)
+    assert result.harmonized is None and result.harmonized_scores is None
+    assert result.flagged_slices == [INPUT_DAMAGED]
+    assert result.cause[INPUT_DAMAGED] == "input"
+    original, corrected = damaged_scan.image.numpy(), result.corrected.image.numpy()
+    keep = ~result.flagged
+    assert np.array_equal(corrected[..., keep], original[..., keep])  # bit for bit, clipped voxels included
+    assert corrected[..., INPUT_DAMAGED].max() < 1000.0
+
+
+def test_threshold_override_and_restore_policy_none(damaged_scan):
+    result = _stub_pipeline(threshold=0.0)(damaged_scan)
+    assert result.flagged.all() and result.threshold == 0.0
+    assert result.settings["threshold_source"] == "override"
+
+    result = _stub_pipeline(restore_policy="none")(damaged_scan)
+    assert result.flagged_slices == [INPUT_DAMAGED, GAN_DAMAGED] and not result.restored.any()
+    assert np.array_equal(result.corrected.image.numpy(), result.harmonized.image.numpy())
+
+
+def test_bad_options_are_clear_errors():
+    with pytest.raises(SGADError, match="threshold"):
+        _stub_pipeline(threshold=1.5)
+    with pytest.raises(SGADError, match="restore policy"):
+        _stub_pipeline(restore_policy="everything")
+    with pytest.raises(SGADError, match="harmonizer"):
+        SGADPipeline(None, StubDetector(), StubRestorer())
+
+
+def test_tiny_networks_run_end_to_end_on_a_nifti_scan(nifti_file):
+    harmonizer, detector, restorer = tiny_components()
+    pipeline = SGADPipeline(harmonizer, detector, restorer, threshold=0.0, device="cpu", batch_size=4)
+    result = pipeline(nifti_file[0])  # a path is loaded first
+    scan = result.scan
+    assert "load" in result.timings and result.flagged.all() and result.restored.all()
+    assert result.corrected.shape == scan.shape == (24, 20, 9)
+    assert np.isfinite(result.corrected.image.numpy()).all()
+    assert all(c.batch_size == 4 for c in (harmonizer, detector, restorer))
+
+
+def test_from_bundles_loads_the_three_bundles_and_names_a_missing_one(tmp_path):
+    bundles = make_tiny_bundles(tmp_path / "bundles")
+    pipeline = SGADPipeline.from_bundles(bundles, device="cpu", threshold=0.3)
+    assert pipeline.threshold == 0.3 and pipeline.harmonizer is not None
+    only_detect = SGADPipeline.from_bundles(bundles, device="cpu", harmonize=False, restore_policy="none")
+    assert only_detect.harmonizer is None and only_detect.restorer is None
+    with pytest.raises(SGADError, match="not found"):
+        SGADPipeline.from_bundles(tmp_path / "nowhere")
+    (bundles / "slice_restoration" / "models" / "model.pt").unlink()
+    with pytest.raises(SGADError, match="model.pt"):
+        SGADPipeline.from_bundles(bundles, device="cpu")
+
+
+def test_a_slice_damaged_before_and_after_harmonization_has_cause_both(damaged_scan):
+    pipeline = SGADPipeline(StubHarmonizer(damage=INPUT_DAMAGED), StubDetector(), StubRestorer(), device=None)
+    result = pipeline(damaged_scan)
+    assert result.flagged_slices == [INPUT_DAMAGED] and result.cause[INPUT_DAMAGED] == "both"
