@@ -18,7 +18,7 @@ from sgad_med.errors import SGADError
 from sgad_med.io import Scan, ScanSource, load_scan
 from sgad_med.io.atomic import atomic_file
 from sgad_med.transforms.intensity import normalize
-from sgad_med.transforms.slices import slice_stacks
+from sgad_med.transforms.slices import pad_to_multiple, slice_stacks
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ class SliceAnomalyDetector:
         threshold: decision threshold in [0, 1]; ``None`` takes the network's stored one.
         progress: show a progress bar over slices.
         inferer: how the network is called on a batch (MONAI inferer; the network's ``probability`` by default).
+        multiple: zero-pad slices to a multiple of this, as the training slices were.
 
     Example::
 
@@ -48,7 +49,8 @@ class SliceAnomalyDetector:
     """
 
     def __init__(self, network: nn.Module, device: str | torch.device = "auto", batch_size: int = 32,
-                 threshold: float | None = None, progress: bool = False, inferer: Inferer | None = None) -> None:
+                 threshold: float | None = None, progress: bool = False, inferer: Inferer | None = None,
+                 multiple: int = 16) -> None:
         if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
             raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
         self.device = resolve_device(device)
@@ -56,6 +58,7 @@ class SliceAnomalyDetector:
         self.network = network.to(self.device).eval()
         self.context = int(getattr(network, "context", 1))
         self.batch_size = int(batch_size)
+        self.multiple = int(multiple)
         self._threshold = None if threshold is None else float(threshold)
         self.progress = progress
 
@@ -79,7 +82,9 @@ class SliceAnomalyDetector:
         scores = np.empty(depth, dtype=np.float32)
         for start in tqdm(range(0, depth, self.batch_size), desc="detecting", unit="batch", disable=not self.progress):
             chosen = np.arange(start, min(start + self.batch_size, depth))
-            stacks = slice_stacks(volume01, self.context, chosen).to(self.device)
+            # padded as in training: the pooled features behind the novelty score depend on the slice size
+            stacks, _ = pad_to_multiple(slice_stacks(volume01, self.context, chosen), self.multiple)
+            stacks = stacks.to(self.device)
             with torch.autocast("cuda", enabled=self.device.type == "cuda"):
                 probability = self.inferer(stacks, self.network.probability)
             scores[chosen] = probability.float().cpu().numpy()
