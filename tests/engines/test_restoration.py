@@ -1,0 +1,104 @@
+"""Restoration training pieces: the loss, the batch preparation, a few SupervisedTrainer iterations, RestoreFolder."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.engines import SupervisedTrainer
+from torch.utils.data import DataLoader
+
+from sgad_med.data.corrupted import CorruptedSlices
+from sgad_med.data.slices import collate_slices
+from sgad_med.engines import RestorationLoss, RestoreFolder, flagged_slices, prepare_restoration_batch
+from sgad_med.errors import SGADError
+from sgad_med.io import discover_scans
+from sgad_med.networks import SliceRestorationNet
+from sgad_med.restorer import SliceRestorer
+from tests.conftest import SAMPLE_DATA, smooth_volume
+
+TINY = (4, 4, 8, 8, 16, 4)
+
+
+def test_loss_is_zero_for_the_truth_and_grows_with_the_error():
+    target = torch.rand(2, 1, 32, 32)
+    loss = RestorationLoss(l1_weight=1.0, ssim_weight=0.2)
+    assert loss(target, target).item() == pytest.approx(0.0, abs=1e-5)
+    small, large = loss(target + 0.05, target).item(), loss(target + 0.2 * torch.randn_like(target), target).item()
+    assert 0 < small < large
+
+
+def test_loss_terms_are_weighted():
+    target, pred = torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32)
+    l1_only = RestorationLoss(l1_weight=1.0, ssim_weight=0.0)(pred, target)
+    assert l1_only.item() == pytest.approx(torch.mean(torch.abs(pred - target)).item(), rel=1e-6)
+    both = RestorationLoss(l1_weight=1.0, ssim_weight=1.0)(pred, target)
+    assert both.item() > l1_only.item()
+    with pytest.raises(ValueError):
+        RestorationLoss(l1_weight=0.0, ssim_weight=0.0)
+
+
+def test_prepare_batch_feeds_the_damaged_stack_and_the_clean_slice():
+    batch = {"image": torch.rand(3, 5, 16, 16), "clean": torch.rand(3, 1, 16, 16), "label": torch.ones(3, 1)}
+    image, target = prepare_restoration_batch(batch, torch.device("cpu"))
+    assert torch.equal(image, batch["image"]) and torch.equal(target, batch["clean"])
+    with pytest.raises(KeyError, match="clean"):
+        prepare_restoration_batch({"image": batch["image"], "label": batch["label"]})
+
+
+def test_supervised_trainer_runs_a_few_iterations_and_the_loss_falls():
+    torch.manual_seed(0)
+    dataset = CorruptedSlices(range(0, 1), styles_per_anatomy=1, slices_per_volume=4, context=2, spacing=8.0,
+                              corrupt_fraction=1.0, kinds=["intensity_jump"], severity=0.8, redraw=False,
+                              mni_dir=SAMPLE_DATA / "mni")
+    loader = DataLoader(dataset, batch_size=1, collate_fn=collate_slices)
+    network = SliceRestorationNet(context=2, features=TINY)
+    loss_fn = RestorationLoss()
+    batch = collate_slices([dataset[0]])
+    before = loss_fn(network(batch["image"]), batch["clean"]).item()
+    trainer = SupervisedTrainer(device=torch.device("cpu"), max_epochs=30, train_data_loader=loader, network=network,
+                                optimizer=torch.optim.Adam(network.parameters(), lr=3e-3), loss_function=loss_fn,
+                                prepare_batch=prepare_restoration_batch, decollate=False)
+    trainer.run()
+    assert trainer.state.iteration == 30
+    assert np.isfinite(trainer.state.output["loss"].item())
+    with torch.no_grad():
+        after = loss_fn(network(batch["image"]), batch["clean"]).item()
+    assert after < before
+
+
+def test_flagged_slices_reads_a_slices_csv(tmp_path):
+    good = tmp_path / "slices.csv"
+    good.write_text("slice,score,flagged,restored\n0,0.1,0,0\n1,0.9,1,0\n2,0.2,0,0\n3,0.95,1,0\n")
+    assert flagged_slices(good) == [1, 3]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("index,score\n0,0.1\n")
+    with pytest.raises(SGADError, match="flagged"):
+        flagged_slices(bad)
+
+
+@pytest.fixture
+def scans_folder(tmp_path):
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for k, depth in enumerate((9, 1)):
+        nib.save(nib.Nifti1Image(smooth_volume(shape=(24, 20, depth), seed=k), np.eye(4)), folder / f"scan{k}.nii.gz")
+    return folder
+
+
+def test_restore_folder_restores_only_the_chosen_slices(scans_folder, tmp_path):
+    torch.manual_seed(0)
+    restorer = SliceRestorer(SliceRestorationNet(context=2, features=TINY), device="cpu")
+    flagged = tmp_path / "flags" / "scan0"
+    flagged.mkdir(parents=True)
+    (flagged / "slices.csv").write_text("slice,score,flagged,restored\n" + "".join(
+        f"{k},0.5,{int(k in (4, 5))},0\n" for k in range(9)))
+    folder = RestoreFolder(discover_scans(scans_folder), restorer, tmp_path / "out", slices=[2, -1],
+                           slices_dir=tmp_path / "flags")
+    assert folder.run() == {}
+    assert folder.restored == {"scan0": [4, 5], "scan1": [0]}  # scan1: slice 2 is outside, -1 is its only slice
+    source = nib.load(scans_folder / "scan0.nii.gz").get_fdata()
+    out = nib.load(tmp_path / "out" / "scan0_restored.nii.gz").get_fdata()
+    changed = [k for k in range(9) if not np.array_equal(source[..., k], out[..., k])]
+    assert set(changed) <= {4, 5} and changed
