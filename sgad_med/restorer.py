@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import csv
+import logging
 import os
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,9 +16,12 @@ from torch import nn
 from tqdm import tqdm
 
 from sgad_med.bundles import load_bundle_network, resolve_device
-from sgad_med.io import Scan
+from sgad_med.errors import SGADError
+from sgad_med.io import Scan, load_scan, save_scan
 from sgad_med.transforms.intensity import denormalize, normalize
 from sgad_med.transforms.slices import pad_to_multiple, slice_stacks, unpad
+
+logger = logging.getLogger(__name__)
 
 
 class SliceRestorer:
@@ -92,3 +99,85 @@ class SliceRestorer:
         out = image.clone()
         out[0, ..., chosen] = back[0, ..., chosen].to(out.dtype)
         return scan.with_image(out)
+
+
+def flagged_slices(csv_path: str | os.PathLike) -> list[int]:
+    """Slices with ``flagged == 1`` in a ``slices.csv`` as ``sgad-med run`` writes it (columns ``slice,flagged``).
+
+    Args:
+        csv_path: the CSV file.
+
+    Returns:
+        The flagged slice indices, sorted.
+
+    Raises:
+        SGADError: the file lacks the ``slice`` or ``flagged`` column, or holds a value that is not a number.
+    """
+    with open(csv_path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is None or not {"slice", "flagged"} <= set(reader.fieldnames):
+            raise SGADError(csv_path, "has no 'slice' and 'flagged' columns", fix="use the slices.csv of sgad-med run")
+        try:
+            return sorted(int(row["slice"]) for row in reader if int(float(row["flagged"])) == 1)
+        except ValueError as err:
+            raise SGADError(csv_path, f"holds a value that is not a number ({err})") from err
+
+
+class RestoreFolder:
+    """The bundle's inference "evaluator": restore chosen slices of every scan found in a folder.
+
+    Per scan, the slices restored are those of ``<slices_dir>/<scan_id>/slices.csv`` flagged 1 (the output of
+    ``sgad-med run``) when ``slices_dir`` is given and that file exists, otherwise ``slices`` (indices along
+    the last, axial, axis; negative ones count from the end). Indices outside a scan (a one-slice DICOM file,
+    say) are left out for that scan, with a log message. Every other slice is written bit for bit as read.
+    One bad scan never stops the others: its error is kept in :attr:`failed`.
+
+    Args:
+        sources: scans to restore (e.g. ``sgad_med.discover_scans(dataset_dir)``).
+        restorer: a :class:`~sgad_med.restorer.SliceRestorer`.
+        output_dir: where ``<scan_id>_restored.nii.gz`` files go.
+        slices: the slices to restore in every scan (when no per-scan CSV applies).
+        slices_dir: folder of ``<scan_id>/slices.csv`` files, or ``None``.
+        overwrite: replace existing outputs.
+    """
+
+    def __init__(self, sources: Sequence[Any], restorer: Any, output_dir: str | os.PathLike,
+                 slices: Sequence[int] = (), slices_dir: str | os.PathLike | None = None,
+                 overwrite: bool = False) -> None:
+        self.sources, self.restorer = list(sources), restorer
+        self.output_dir, self.overwrite = Path(output_dir), overwrite
+        self.slices = [int(s) for s in slices]
+        self.slices_dir = None if slices_dir is None else Path(slices_dir)
+        self.written: list[Path] = []
+        self.restored: dict[str, list[int]] = {}
+        self.failed: dict[str, str] = {}
+
+    def slices_for(self, scan_id: str, depth: int) -> list[int]:
+        """The slices of scan ``scan_id`` (``depth`` slices) to restore."""
+        if self.slices_dir is not None and (self.slices_dir / scan_id / "slices.csv").is_file():
+            wanted = flagged_slices(self.slices_dir / scan_id / "slices.csv")
+        else:
+            wanted = self.slices
+        inside = sorted({s % depth for s in wanted if -depth <= s < depth})
+        if len(inside) < len(set(wanted)):
+            logger.info("%s: slices %s lie outside its %d slices and are left out", scan_id,
+                        sorted(set(wanted) - {s for s in wanted if -depth <= s < depth}), depth)
+        return inside
+
+    def run(self) -> dict[str, str]:
+        """Restore every source; returns ``{scan_id: error}`` for the ones that failed."""
+        for source in self.sources:
+            if getattr(source, "skip_reason", None) is not None:
+                continue
+            try:
+                scan = load_scan(source)
+                target = self.output_dir / f"{scan.scan_id}_restored.nii.gz"
+                if target.exists() and not self.overwrite:
+                    continue
+                chosen = self.slices_for(scan.scan_id, int(scan.image.shape[-1]))
+                self.written += save_scan(self.restorer(scan, slices=np.asarray(chosen, dtype=np.int64)), target,
+                                          overwrite=self.overwrite)
+                self.restored[scan.scan_id] = chosen
+            except SGADError as err:
+                self.failed[str(getattr(source, "scan_id", source))] = str(err)
+        return self.failed

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from sgad_med.engines.detection import calibrate_bundle_weights, calibrate_detector
 from sgad_med.engines.harmonization import PairedHarmonizationTrainer, UnpairedHarmonizationTrainer
-from sgad_med.engines.restoration import RestorationLoss, RestoreFolder, flagged_slices, prepare_restoration_batch
+from sgad_med.engines.restoration import RestorationLoss, prepare_restoration_batch
 
 __all__ = [
     "PairedHarmonizationTrainer",
+    "RestorationLoss",
     "UnpairedHarmonizationTrainer",
     "calibrate_bundle_weights",
     "calibrate_detector",
+    "prepare_restoration_batch",
 ]
-
-__all__ += ["RestorationLoss", "RestoreFolder", "flagged_slices", "prepare_restoration_batch"]

@@ -4,21 +4,29 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sgad_med.networks.residual_unet import ResidualSliceUNet
+import torch
+from monai.networks.nets import BasicUNet
+from torch import nn
 
 
-class SliceRestorationNet(ResidualSliceUNet):
+class SliceRestorationNet(nn.Module):
     """Predicts a clean slice k from a stack k-c … k+c in which slice k (and now and then a neighbour) is damaged.
 
-    A :class:`~sgad_med.networks.residual_unet.ResidualSliceUNet`: the output is the damaged slice plus a learned
-    residual, so a slice that was not damaged passes through nearly unchanged (no harm when the detector is
-    wrong). With ``context=2`` (the default) it sees two neighbours on each side, which usually hold the same
-    anatomy undamaged.
+    A MONAI :class:`~monai.networks.nets.BasicUNet` (resize-convolution upsampling, instance norm) with two output
+    maps, a gate ``g`` and a residual ``r``, combined as
+
+        ``out = g * slice_k + (1 - g) * (slice_{k-1} + slice_{k+1}) / 2 + r``,   ``g = sigmoid(gate logits)``.
+
+    The gate lets the network choose, pixel by pixel, between the slice as it is (an undamaged slice passes
+    through: no harm when the detector is wrong) and its two nearest neighbours, which usually hold the same
+    anatomy undamaged; the residual corrects what neither gives. Without the gate (``gated=False``) the output is
+    the damaged slice plus a residual, which has to learn to undo the damage alone.
 
     Args:
-        context: neighbours on each side; ``in_channels = 2 * context + 1``.
+        context: neighbours on each side; ``in_channels = 2 * context + 1`` (at least 1).
         features: BasicUNet's six feature sizes.
         dropout: dropout probability inside the U-Net.
+        gated: combine slice and neighbours through a learned gate (default) or only add a residual.
 
     Example::
 
@@ -27,6 +35,37 @@ class SliceRestorationNet(ResidualSliceUNet):
     """
 
     def __init__(
-        self, context: int = 2, features: Sequence[int] = (16, 16, 32, 64, 128, 16), dropout: float = 0.0
+        self,
+        context: int = 2,
+        features: Sequence[int] = (16, 16, 32, 64, 128, 16),
+        dropout: float = 0.0,
+        gated: bool = True,
     ) -> None:
-        super().__init__(context=context, features=features, dropout=dropout, residual=True)
+        super().__init__()
+        if int(context) < 1:
+            raise ValueError(f"restoration needs at least one neighbour on each side, got context={context}")
+        self.context = int(context)
+        self.gated = gated
+        self.unet = BasicUNet(
+            spatial_dims=2,
+            in_channels=2 * self.context + 1,
+            out_channels=2 if gated else 1,
+            features=tuple(features),
+            dropout=dropout,
+            upsample="nontrainable",
+        )
+
+    @property
+    def in_channels(self) -> int:
+        """Slices in the input stack."""
+        return 2 * self.context + 1
+
+    def forward(self, stack: torch.Tensor) -> torch.Tensor:
+        c = self.context
+        centre = stack[:, c : c + 1]
+        out = self.unet(stack)
+        if not self.gated:
+            return centre + out
+        neighbours = 0.5 * (stack[:, c - 1 : c] + stack[:, c + 1 : c + 2])
+        gate = torch.sigmoid(out[:, :1])
+        return gate * centre + (1.0 - gate) * neighbours + out[:, 1:]

@@ -11,11 +11,11 @@ from torch.utils.data import DataLoader
 
 from sgad_med.data.corrupted import CorruptedSlices
 from sgad_med.data.slices import collate_slices
-from sgad_med.engines import RestorationLoss, RestoreFolder, flagged_slices, prepare_restoration_batch
+from sgad_med.engines import RestorationLoss, prepare_restoration_batch
 from sgad_med.errors import SGADError
 from sgad_med.io import discover_scans
 from sgad_med.networks import SliceRestorationNet
-from sgad_med.restorer import SliceRestorer
+from sgad_med.restorer import RestoreFolder, SliceRestorer, flagged_slices
 from tests.conftest import SAMPLE_DATA, smooth_volume
 
 TINY = (4, 4, 8, 8, 16, 4)
