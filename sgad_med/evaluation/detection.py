@@ -17,6 +17,12 @@ Three parts:
   the bundle's ``evaluate.json`` (``sgad-med evaluate detector``) runs. The leave-one-type-out experiment is
   :mod:`sgad_med.engines.leave_one_out` (it trains one detector per left-out kind).
 
+A second section, :func:`evaluate_real_scans` (printed by :func:`format_real_scans_table`, JSON key
+``"real_scans"``), measures the same on real multi-slice MR scans that ship with installed packages (nibabel's
+example EPI, pydicom-data's multi-frame ``emri_small.dcm``; see :mod:`sgad_med.evaluation.real_scans`), which
+have no truth: the fraction of their slices each method flags (a false-positive rate if the scans are clean, as
+presumed) and AUROC on simulated damage at severity 0.5, per kind pooled over the scans.
+
 Metrics per artifact kind and severity, for the detector and the baseline side by side: slice-level AUROC and
 AUPRC (the corrupted slices of that kind against every clean head slice of the clean volumes; AUPRC therefore
 depends on the prevalence, ``n_positive / (n_positive + n_negative)``, which the JSON records), sensitivity at
@@ -66,6 +72,11 @@ __all__ = [
     "corrupted_slices_for",
     "evaluate_detection",
     "format_table",
+    "REAL_SCAN_SEVERITY",
+    "real_scan_head",
+    "corrupt_real_volume",
+    "evaluate_real_scans",
+    "format_real_scans_table",
     "DetectionEvaluation",
 ]
 
@@ -87,6 +98,8 @@ BASELINE_FEATURES: tuple[str, ...] = (
     "edge_energy",
     "neighbour_difference",
 )
+#: Severity of the simulated damage on real scans.
+REAL_SCAN_SEVERITY = 0.5
 #: The two methods compared, in table order.
 METHODS: tuple[str, ...] = ("detector", "baseline")
 
@@ -725,6 +738,217 @@ def format_table(results: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# real scans (no truth: presumed clean, damage simulated)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def real_scan_head(volume01: np.ndarray, min_foreground: float = 0.1) -> np.ndarray:
+    """Boolean ``[D]``: the slices of a real volume scored, those whose foreground (``> 0.05``) is at least
+    ``min_foreground`` of the slice (a real scan has no truth mask; the foreground comes from the scan itself)."""
+    from sgad_med.evaluation.real_scans import FOREGROUND_THRESHOLD
+
+    return head_slices(np.asarray(volume01) > FOREGROUND_THRESHOLD, min_foreground)
+
+
+def corrupt_real_volume(volume01: np.ndarray, kind: str, slices: Sequence[int], severity: float,
+                        seed: int) -> np.ndarray:
+    """A copy of a real volume ``[H, W, D]`` with ``slices`` damaged by one artifact kind; the rest untouched.
+
+    Args:
+        volume01: normalized volume, slice axis last.
+        kind: artifact kind (see :func:`~sgad_med.transforms.artifacts.apply_slice_artifact`).
+        slices: slice indices to damage.
+        severity: strength in [0, 1].
+        seed: non-negative artifact seed.
+
+    Returns:
+        float32 ``[H, W, D]``.
+    """
+    from sgad_med.transforms.artifacts import apply_slice_artifact
+
+    corrupted, _ = apply_slice_artifact(np.asarray(volume01, dtype=np.float32)[None], kind, slices, severity, seed)
+    return np.asarray(corrupted, dtype=np.float32)[0]
+
+
+def evaluate_real_scans(
+    methods: Mapping[str, Any],
+    thresholds: Mapping[str, float],
+    volumes: Sequence[dict],
+    kinds: Sequence[str],
+    severity: float = REAL_SCAN_SEVERITY,
+    slices_per_volume: int = 4,
+    min_gap: int = 3,
+    seed: int = 0,
+    min_foreground: float = 0.1,
+) -> dict | None:
+    """Detection on real scans, which have no truth: flag rates on the scans as they are, and simulated damage.
+
+    (a) Each real volume is scored as it is; the fraction of its scored slices (:func:`real_scan_head`) at or
+    above each method's threshold is reported. The scans are *presumed* clean, so this is a false-positive rate
+    only under that assumption. (b) For each kind, a copy of each volume is damaged at ``severity`` on up to
+    ``slices_per_volume`` scored slices at least ``min_gap`` apart, never the first or last
+    (:func:`corrupted_slices_for`), and every slice is scored. The damaged slices of all volumes are the
+    positives of that kind; the scored slices of the volumes as they are (pooled over the volumes) are the
+    negatives, as in :func:`evaluate_detection`.
+
+    Args:
+        methods: name -> object with ``score01(volume01 [H, W, D]) -> [D]``.
+        thresholds: name -> operating threshold.
+        volumes: from :func:`~sgad_med.evaluation.real_scans.load_real_volumes` (dicts with ``name``, ``volume``).
+        kinds: artifact kinds.
+        severity: severity of the simulated damage.
+        slices_per_volume: damaged slices per volume (fewer on thin volumes).
+        min_gap: smallest distance between damaged slices.
+        seed: seed of the slice choice and the artifacts.
+        min_foreground: foreground fraction from which a slice is scored.
+
+    Returns:
+        JSON-serialisable dict: ``scans`` (one row per volume: ``name``, ``modality``, ``shape``, ``n_slices``
+        scored, ``flagged`` ``{method: fraction}``), ``methods``, ``thresholds``, ``kinds``, ``severity`` (as
+        ``"0.5"``), ``per_kind`` (``{kind: {"n_positive", "n_negative", method: {"auroc", "auprc",
+        "sensitivity", "fpr_rest"}}}``), ``mean`` (``{method: {"auroc", "auprc", "sensitivity"}}``), ``notes``
+        and ``seconds``; ``None`` when there are no volumes.
+    """
+    from sgad_med.transforms.artifacts import ARTIFACT_KINDS
+
+    volumes, kinds, names = list(volumes), list(kinds), list(methods)
+    if not volumes:
+        return None
+    unknown = [k for k in kinds if k not in ARTIFACT_KINDS]
+    if unknown or not kinds:
+        raise ValueError(f"unknown or no artifact kinds {unknown}; choose from {list(ARTIFACT_KINDS)}")
+    start = time.perf_counter()
+
+    def score(volume: np.ndarray) -> dict[str, np.ndarray]:
+        out = {}
+        for name in names:
+            out[name] = np.asarray(methods[name].score01(volume), dtype=np.float64).reshape(-1)
+            if out[name].shape != (volume.shape[-1],):
+                raise ValueError(f"{name} returned {out[name].shape} scores for {volume.shape[-1]} slices")
+        return out
+
+    rows, negatives = [], {m: [] for m in names}
+    positives = {k: {m: [] for m in names} for k in kinds}
+    rest = {k: {m: [] for m in names} for k in kinds}
+    for v, item in enumerate(volumes):
+        volume = np.asarray(item["volume"], dtype=np.float32)
+        head = real_scan_head(volume, min_foreground)
+        if not head.any():
+            raise ValueError(f"real scan {item['name']!r} has no slice with foreground to score")
+        scores = score(volume)
+        for name in names:
+            negatives[name].append(scores[name][head])
+        rows.append({
+            "name": str(item["name"]),
+            "modality": str(item.get("modality", "")),
+            "shape": [int(n) for n in volume.shape],
+            "n_slices": int(head.sum()),
+            "flagged": {name: float(np.mean(scores[name][head] >= thresholds[name])) for name in names},
+        })
+        for kind in kinds:
+            k_index = ARTIFACT_KINDS.index(kind)
+            chosen = corrupted_slices_for(head, slices_per_volume, min_gap, [seed, 7_000 + v, k_index])
+            if chosen.size == 0:
+                continue
+            corrupted = corrupt_real_volume(volume, kind, chosen, severity, _artifact_seed(seed, 7_000 + v, k_index))
+            distance = np.min(np.abs(np.arange(head.size)[:, None] - chosen[None, :]), axis=1)
+            untouched = head & (distance >= 2)
+            scores = score(corrupted)
+            for name in names:
+                positives[kind][name].append(scores[name][chosen])
+                rest[kind][name].append(scores[name][untouched] >= thresholds[name])
+
+    pooled = {m: np.concatenate(negatives[m]) for m in names}
+    per_kind: dict[str, dict] = {}
+    for kind in kinds:
+        if not positives[kind][names[0]]:
+            raise ValueError("no real volume has enough slices to damage (need interior slices with foreground)")
+        row: dict[str, Any] = {}
+        for name in names:
+            pos, neg = np.concatenate(positives[kind][name]), pooled[name]
+            labels = np.r_[np.ones(pos.size, bool), np.zeros(neg.size, bool)]
+            both = np.r_[pos, neg]
+            row["n_positive"], row["n_negative"] = int(pos.size), int(neg.size)
+            row[name] = {
+                "auroc": auroc(both, labels),
+                "auprc": average_precision(both, labels),
+                "sensitivity": float(np.mean(pos >= thresholds[name])),
+                "fpr_rest": _rate(np.concatenate(rest[kind][name])),
+            }
+        per_kind[kind] = row
+    mean = {
+        name: {metric: float(np.mean([per_kind[k][name][metric] for k in kinds]))
+               for metric in ("auroc", "auprc", "sensitivity")}
+        for name in names
+    }
+    return {
+        "scans": rows,
+        "methods": names,
+        "thresholds": {name: float(thresholds[name]) for name in names},
+        "kinds": kinds,
+        "severity": _severity_key(severity),
+        "per_kind": per_kind,
+        "mean": mean,
+        "notes": "real scans with no truth, presumed clean: 'flagged' is a false-positive rate only under that "
+        f"assumption. Scored slices: foreground (> 0.05) fraction >= {min_foreground}. Damage simulated with "
+        f"apply_slice_artifact at severity {severity:g} on up to {slices_per_volume} slices per volume, >= "
+        f"{min_gap} apart, never the first or last; positives pooled over the volumes, negatives the scored "
+        "slices of the volumes as they are.",
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def format_real_scans_table(results: Mapping[str, Any]) -> str:
+    """The real-scan section of the detection evaluation (:func:`evaluate_real_scans`) as a fixed-width table.
+
+    Titled with the scans' names; per kind (and the mean) the AUROC and sensitivity of each method on simulated
+    damage, then, per scan, the fraction of slices flagged as they are (presumed clean).
+
+    Args:
+        results: what :func:`evaluate_real_scans` returned (or its JSON round trip).
+
+    Returns:
+        The table, lines joined by newlines (no trailing newline).
+    """
+    names = list(results["methods"])
+    short = {"detector": "det", "baseline": "base"}
+    labels = [short.get(n, n[:6]) for n in names]
+    scans = ", ".join(row["name"] for row in results["scans"])
+    kind_width = max([len("mean"), len("artifact kind")] + [len(k) for k in results["kinds"]]) + 2
+    columns = [f"AUROC {lab}" for lab in labels] + [f"AUPRC {lab}" for lab in labels]
+    columns += [f"sens {lab}" for lab in labels]
+    better = len(names) >= 2
+    header = f"{'artifact kind':<{kind_width}}" + "".join(f"{c:>12}" for c in columns)
+    header += f"{names[0] + ' better':>16}" if better else ""
+
+    def cells(entry: Mapping[str, Any]) -> str:
+        row = "".join(f"{entry[n]['auroc']:>12.3f}" for n in names)
+        row += "".join(f"{entry[n]['auprc']:>12.3f}" for n in names)
+        row += "".join(f"{_pct(entry[n]['sensitivity']):>12}" for n in names)
+        if better:
+            difference = entry[names[0]]["auroc"] - entry[names[1]]["auroc"]
+            row += f"{'tie' if abs(difference) < 5e-4 else 'yes' if difference > 0 else 'no':>16}"
+        return row
+
+    lines = [f"real scans (no truth): {scans}",
+             f"simulated damage at severity {results['severity']}, positives pooled over the scans; "
+             "negatives: the scans' slices as they are"]
+    lines += [header, "-" * len(header)]
+    for kind in results["kinds"]:
+        lines.append(f"{kind:<{kind_width}}" + cells(results["per_kind"][kind]))
+    lines.append("-" * len(header))
+    lines.append(f"{'mean':<{kind_width}}" + cells(results["mean"]))
+    lines.append("")
+    lines.append("slices flagged on the real scans as they are (presumed clean: a false-positive rate if they are)")
+    width = max(len(row["name"]) for row in results["scans"]) + 2
+    for row in results["scans"]:
+        rates = "  ".join(f"{n} {_pct(row['flagged'][n]):>6}" for n in names)
+        shape = "x".join(str(n) for n in row["shape"])
+        lines.append(f"  {row['name']:<{width}}{shape:>12}   {rates}   ({row['n_slices']} slices)")
+    return "\n".join(lines)
+
+
 class DetectionEvaluation:
     """The detection evaluation run by the bundle's ``evaluate.json`` and ``sgad-med evaluate detector``.
 
@@ -752,6 +976,10 @@ class DetectionEvaluation:
         window: the baseline's neighbouring slices on each side.
         cases: ready-made cases (:func:`detection_cases`) instead of building them from the arguments above.
         progress: show a progress bar.
+        real_scans: also evaluate on real scans (:func:`evaluate_real_scans`, at severity 0.5 with the same kinds,
+            slices per volume, gap and seed): ``True`` for
+            :func:`~sgad_med.evaluation.real_scans.default_real_volumes`, a sequence of (name, path, volume index)
+            for others, ``False`` (or empty) for none.
     """
 
     def __init__(
@@ -773,6 +1001,7 @@ class DetectionEvaluation:
         window: int = 5,
         cases: Sequence[dict] | None = None,
         progress: bool = True,
+        real_scans: bool | Sequence[tuple[str, str, int | None]] = True,
     ) -> None:
         from sgad_med.transforms.artifacts import ARTIFACT_KINDS
 
@@ -787,6 +1016,7 @@ class DetectionEvaluation:
         self.target_fpr, self.window = float(target_fpr), int(window)
         self.cases = None if cases is None else list(cases)
         self.progress = progress
+        self.real_scans = real_scans
         self.baseline: ClassicalBaseline | None = None
         self.results: dict | None = None
 
@@ -796,9 +1026,16 @@ class DetectionEvaluation:
                                      mni_dir=self.mni_dir)
         return ClassicalBaseline(window=self.window).fit_threshold(volumes, self.target_fpr, self.harmonizer)
 
+    def real_scan_list(self) -> list[tuple[str, str, int | None]]:
+        """The real scans evaluated, as (name, path, volume index), from the ``real_scans`` option."""
+        from sgad_med.evaluation.real_scans import resolve_real_scans
+
+        return resolve_real_scans(self.real_scans)
+
     def run(self) -> dict:
-        """Evaluate, print the table, write the JSON; returns the results."""
+        """Evaluate, print the tables, write the JSON; returns the results."""
         from sgad_med import __version__
+        from sgad_med.evaluation.real_scans import load_real_volumes
 
         start = time.perf_counter()
         cases = self.cases if self.cases is not None else detection_cases(
@@ -833,9 +1070,17 @@ class DetectionEvaluation:
             "data": "held-out anatomies (HELDOUT_ANATOMY_SEEDS) in held-out styles, normalized as at inference; "
             "baseline threshold set on clean training-anatomy validation volumes in training styles",
         }
+        results["real_scans"] = evaluate_real_scans(
+            {"detector": self.detector, "baseline": self.baseline}, results["thresholds"],
+            load_real_volumes(self.real_scan_list()), self.kinds, REAL_SCAN_SEVERITY, self.slices_per_volume,
+            self.min_gap, self.seed,
+        )
         results["seconds"] = time.perf_counter() - start
         self.results = results
         print(format_table(results))
+        if results["real_scans"] is not None:
+            print()
+            print(format_real_scans_table(results["real_scans"]))
         self.output_dir.mkdir(parents=True, exist_ok=True)
         (self.output_dir / "detection_evaluation.json").write_text(json.dumps(results, indent=2))
         return results

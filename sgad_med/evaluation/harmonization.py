@@ -52,6 +52,7 @@ from sgad_med.evaluation.metrics import (
     ssim_map,
     wasserstein_histogram,
 )
+from sgad_med.evaluation.real_scans import default_real_scans
 
 __all__ = [
     "MIN_SLICE_FOREGROUND",
@@ -641,26 +642,6 @@ def reference_volumes(
 # ----------------------------------------------------------------------------------------------------------------
 # real scans (no truth)
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def default_real_scans() -> list[tuple[str, str, int | None]]:
-    """Real scans with no truth that ship with installed packages: (name, path, 4D volume index).
-
-    nibabel's example EPI (first volume) and the axial MR slices of pydicom's and pydicom-data's test files,
-    where installed. Sagittal single slices are left out: sgad-med works on axial slices.
-    """
-    import nibabel
-    from pydicom.data import get_testdata_file
-
-    found = []
-    epi = Path(nibabel.__file__).parent / "tests" / "data" / "example4d.nii.gz"
-    if epi.exists():
-        found.append(("nibabel example4d EPI (vol 0)", str(epi), 0))
-    for name in ("MR_small.dcm", "MR-SIEMENS-DICOM-WithOverlays.dcm"):
-        path = get_testdata_file(name)
-        if path is not None:
-            found.append((f"pydicom {name}", str(path), None))
-    return found
 
 
 def edge_agreement(output: np.ndarray, source: np.ndarray) -> float:

@@ -27,6 +27,12 @@ anatomy in the reference style, never derived from a method's output) and over t
 figures at the moderate severity (0.5). The "clean slice" check restores the *undamaged* slices and reports
 how much each method changes them (MAE, in mask and whole slice).
 
+A second section, :func:`evaluate_real_scans` (printed by :func:`format_real_scans_table`, JSON key
+``"real_scans"``), does the same on real multi-slice MR scans that ship with installed packages (nibabel's example
+EPI, pydicom-data's multi-frame ``emri_small.dcm``; see :mod:`sgad_med.evaluation.real_scans`): they have no
+truth, so a few of their slices are damaged at severity 0.5 and the methods are scored against the original
+slice, inside the foreground mask ``original > 0.05`` and over the whole slice.
+
 Nothing here is fitted or tuned on these cases.
 """
 
@@ -54,9 +60,13 @@ __all__ = [
     "METHODS",
     "MODERATE_SEVERITY",
     "SEVERITIES",
+    "REAL_SCAN_SEVERITY",
     "RestorationEvaluation",
+    "damage_stacks",
     "dropped_region",
+    "evaluate_real_scans",
     "evaluate_restoration",
+    "format_real_scans_table",
     "format_restoration_table",
     "inpaint_dropout",
     "interpolate_neighbours",
@@ -64,6 +74,7 @@ __all__ = [
     "nl_means",
     "noise_sigma",
     "quality_bar",
+    "real_scan_cases",
     "restoration_cases",
     "tv_chambolle",
 ]
@@ -72,6 +83,8 @@ __all__ = [
 SEVERITIES: tuple[float, ...] = (0.25, 0.5, 0.75)
 #: "Moderate" severity, at which the quality bar is judged.
 MODERATE_SEVERITY = 0.5
+#: Severity of the simulated damage on real scans.
+REAL_SCAN_SEVERITY = 0.5
 #: Kinds that zero a region of the slice: ``inpaint_biharmonic`` is scored on these only.
 DROPOUT_KINDS: tuple[str, ...] = ("dropout",)
 #: Methods in table order.
@@ -287,6 +300,28 @@ def _summary(rows: list[dict[str, float]]) -> dict[str, float]:
     return {key: float(np.mean([r[key] for r in rows])) for key in _METRICS} | {"n": len(rows)}
 
 
+def damage_stacks(clean: np.ndarray, kind: str, severity: float, context: int, seed: int = 0) -> np.ndarray:
+    """A copy of clean stacks ``[N, 2c+1, H, W]`` with the centre slice of each damaged; the neighbours clean.
+
+    Stack ``i`` uses the generator seeded with ``[seed, i, ARTIFACT_KINDS.index(kind), round(1000 severity)]``.
+
+    Args:
+        clean: float32 stacks, slice ``context`` the centre.
+        kind: artifact kind (a key of :data:`~sgad_med.transforms.artifacts.ARTIFACTS`).
+        severity: strength in [0, 1].
+        context: neighbours on each side.
+        seed: seed of the damage.
+
+    Returns:
+        float32 ``[N, 2c+1, H, W]``.
+    """
+    damaged = np.array(clean, dtype=np.float32, copy=True)
+    for i in range(len(damaged)):
+        rng = np.random.default_rng([seed, i, ARTIFACT_KINDS.index(kind), round(1000 * severity)])
+        damaged[i, context] = ARTIFACTS[kind](damaged[i, context].copy(), severity, rng)
+    return damaged
+
+
 def evaluate_restoration(
     cases: Sequence[dict],
     restore_stacks: Callable[[np.ndarray], np.ndarray],
@@ -327,10 +362,7 @@ def evaluate_restoration(
     results: dict[str, Any] = {"severities": {}}
     jobs = [(float(s), kind) for s in severities for kind in kinds]
     for severity, kind in tqdm(jobs, desc="kinds x severities", disable=not progress):
-        damaged = clean.copy()
-        for i in range(len(cases)):
-            rng = np.random.default_rng([seed, i, ARTIFACT_KINDS.index(kind), round(1000 * severity)])
-            damaged[i, context] = ARTIFACTS[kind](clean[i, context], severity, rng)
+        damaged = damage_stacks(clean, kind, severity, context, seed)
         outputs = {"corrupted": damaged[:, context], "network": restore_stacks(damaged)}
         rows: dict[str, list[dict[str, float]]] = {m: [] for m in METHODS}
         for i, case in enumerate(cases):
@@ -475,6 +507,181 @@ def format_restoration_table(results: dict, severity: float = MODERATE_SEVERITY)
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# real scans (no truth: presumed clean, damage simulated)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def real_scan_cases(
+    volumes: Sequence[dict],
+    slices_per_volume: int = 4,
+    context: int = 2,
+    seed: int = 0,
+    min_foreground: float = 0.2,
+    min_gap: int = 3,
+) -> list[dict]:
+    """Clean slices of real volumes with their neighbours, in the form :func:`evaluate_restoration` takes.
+
+    From each volume, up to ``slices_per_volume`` slices at least ``min_gap`` apart whose foreground
+    (``> 0.05``, from the scan itself: there is no truth mask) is at least ``min_foreground`` of the slice, with
+    ``context`` real neighbours on each side (no slice repeated at the volume's ends); drawn deterministically.
+
+    Args:
+        volumes: from :func:`~sgad_med.evaluation.real_scans.load_real_volumes` (dicts with ``name``, ``volume``).
+        slices_per_volume: slices drawn per volume.
+        context: neighbours on each side.
+        seed: seed of the draw.
+        min_foreground: smallest foreground fraction of a slice drawn.
+        min_gap: smallest distance between two slices drawn from one volume.
+
+    Returns:
+        One dict per slice: ``stack`` float32 ``[2c+1, H, W]`` (clean), ``mask`` bool ``[H, W]`` (the original
+        slice ``> 0.05``), ``scan`` (the volume's name), ``slice``.
+    """
+    from sgad_med.evaluation.detection import corrupted_slices_for
+    from sgad_med.evaluation.real_scans import FOREGROUND_THRESHOLD
+    from sgad_med.transforms.slices import slice_stacks
+
+    if slices_per_volume < 1 or context < 1:
+        raise ValueError("slices_per_volume and context must be >= 1")
+    cases = []
+    for v, item in enumerate(volumes):
+        volume = np.asarray(item["volume"], dtype=np.float32)
+        foreground = volume > FOREGROUND_THRESHOLD
+        eligible = foreground.mean(axis=(0, 1)) >= min_foreground
+        eligible[:context] = False
+        eligible[volume.shape[-1] - context:] = False
+        chosen = corrupted_slices_for(eligible, slices_per_volume, min_gap, [seed, 7_000 + v])
+        if chosen.size == 0:
+            continue
+        stacks = slice_stacks(volume, context, chosen).numpy()
+        for k, stack in zip(chosen, stacks):
+            cases.append({"stack": stack, "mask": foreground[..., int(k)], "scan": str(item["name"]),
+                          "slice": int(k)})
+    return cases
+
+
+def evaluate_real_scans(
+    volumes: Sequence[dict],
+    restore_stacks: Callable[[np.ndarray], np.ndarray],
+    kinds: Sequence[str] = ARTIFACT_KINDS,
+    severity: float = REAL_SCAN_SEVERITY,
+    slices_per_volume: int = 4,
+    context: int = 2,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict | None:
+    """Restoration on real scans, which have no truth: simulated damage, scored against the original real slice.
+
+    A few slices of each real volume (:func:`real_scan_cases`) are damaged with each kind at ``severity``, the
+    neighbours left clean, and restored by every method of :func:`evaluate_restoration` (the network, the
+    classical methods, neighbour interpolation); PSNR and SSIM against the original slice, inside the foreground
+    mask ``original > 0.05`` (``psnr_mask``, ``ssim_mask``) and over the whole slice (``psnr``, ``ssim``), per
+    kind pooled over the scans' slices, and the mean over kinds; and the clean-slice check (MAE of restoring the
+    untouched slices, in mask and whole slice). The scans are presumed clean.
+
+    Args:
+        volumes: from :func:`~sgad_med.evaluation.real_scans.load_real_volumes`.
+        restore_stacks: the network as a method on stacks (see :func:`network_method`).
+        kinds: artifact kinds.
+        severity: severity of the simulated damage.
+        slices_per_volume: damaged slices per volume.
+        context: neighbours on each side (the network's).
+        seed: seed of the slice draw and the damage.
+        progress: show a progress bar.
+
+    Returns:
+        ``{"scans": [{"name", "modality", "shape", "slices"}], "severity", "kinds", "per_kind": {kind: {method:
+        metrics}}, "mean": {method: metrics}, "clean_slice": {method: {"mae_mask", "mae"}}, "mask", "notes",
+        "seconds"}`` (metrics as in :func:`evaluate_restoration`), or ``None`` when there are no volumes.
+    """
+    volumes = list(volumes)
+    if not volumes:
+        return None
+    start = time.perf_counter()
+    key = f"{float(severity):g}"
+    scans, per_scan = [], []
+    for v, item in enumerate(volumes):
+        # scans differ in size: each is evaluated on its own (its own damage seed), then the slices are pooled
+        cases = real_scan_cases([item], slices_per_volume, context, seed)
+        scans.append({"name": str(item["name"]), "modality": str(item.get("modality", "")),
+                      "shape": [int(n) for n in np.asarray(item["volume"]).shape],
+                      "slices": [c["slice"] for c in cases]})
+        if cases:
+            scan_seed = int(np.random.SeedSequence([int(seed), 7_000 + v]).generate_state(1)[0])
+            per_scan.append((len(cases), evaluate_restoration(cases, restore_stacks, kinds, [float(severity)],
+                                                              context, scan_seed, progress)))
+    if not per_scan:
+        raise ValueError("no real volume has a slice with enough foreground and neighbours to damage")
+    per_kind: dict[str, dict] = {}
+    for kind in kinds:
+        per_kind[kind] = {}
+        for method in METHODS:
+            parts = [r["severities"][key]["per_kind"][kind][method] for _, r in per_scan
+                     if method in r["severities"][key]["per_kind"][kind]]
+            if parts:
+                n = sum(p["n"] for p in parts)
+                per_kind[kind][method] = {m: float(sum(p[m] * p["n"] for p in parts) / n) for m in _METRICS}
+                per_kind[kind][method]["n"] = n
+    mean: dict[str, dict] = {}
+    for method in METHODS:
+        summaries = [per[method] for per in per_kind.values() if method in per]
+        if summaries:
+            mean[method] = {m: float(np.mean([s[m] for s in summaries])) for m in _METRICS} | {"kinds": len(summaries)}
+    total = sum(n for n, _ in per_scan)
+    clean_slice = {
+        method: {m: float(sum(r["clean_slice"][method][m] * n for n, r in per_scan) / total)
+                 for m in ("mae_mask", "mae")}
+        for method in per_scan[0][1]["clean_slice"]
+    }
+    return {
+        "scans": scans,
+        "severity": f"{float(severity):g}",
+        "kinds": list(kinds),
+        "per_kind": per_kind,
+        "mean": mean,
+        "clean_slice": clean_slice,
+        "mask": "foreground of the original real slice: intensity > 0.05 (normalized); *_mask metrics inside it, "
+        "the others over the whole slice",
+        "notes": "real scans with no truth, presumed clean; the original slice is the reference. Damage simulated "
+        f"at severity {float(severity):g} on the centre slice of each stack, neighbours left clean; per kind pooled "
+        "over the scans' slices (means weighted by slices), 'mean' over kinds.",
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def format_real_scans_table(results: dict) -> str:
+    """The real-scan section (:func:`evaluate_real_scans`) as a fixed-width table titled with the scans' names.
+
+    Per kind, ``PSNR SSIM`` inside the foreground mask (original slice > 0.05), the mean over kinds in mask and
+    over the whole slice, and the clean-slice MAE in mask and over the whole slice.
+
+    Args:
+        results: what :func:`evaluate_real_scans` returned (or its JSON round trip).
+
+    Returns:
+        The table, lines joined by newlines (no trailing newline).
+    """
+    width = max(len(k) for k in ARTIFACT_KINDS) + 14
+    scans = ", ".join(f"{s['name']} ({len(s['slices'])} slices)" for s in results["scans"])
+    severity = results["severity"]
+    header = f"{'kind (PSNR dB / SSIM in mask)':<{width}}" + "".join(f"{_SHORT[m]:>15}" for m in METHODS)
+    lines = [f"real scans (no truth; reference: the original slice): {scans}",
+             f"simulated damage at severity {severity}; mask: original slice > 0.05", header, "-" * len(header)]
+    for kind, per in results["per_kind"].items():
+        lines.append(_row(f"{kind} @{severity}", per, width))
+    lines.append("-" * len(header))
+    lines.append(_row(f"mean @{severity}", results["mean"], width))
+    whole = {m: {"psnr_mask": v["psnr"], "ssim_mask": v["ssim"]} for m, v in results["mean"].items()}
+    lines.append(_row(f"mean @{severity} whole slice", whole, width))
+    lines.append("-" * len(header))
+    clean = results["clean_slice"]
+    for key, title in (("mae_mask", "clean slice: MAE in mask"), ("mae", "clean slice: MAE whole")):
+        cells = [f"{'-':>15}"] + [f"{clean[m][key]:>15.4f}" if m in clean else f"{'-':>15}" for m in METHODS[1:]]
+        lines.append(f"{title:<{width}}" + "".join(cells))
+    return "\n".join(lines)
+
+
 class RestorationEvaluation:
     """The restoration evaluation run by the bundle's ``evaluate.json`` and ``sgad-med evaluate restorer``.
 
@@ -491,12 +698,18 @@ class RestorationEvaluation:
         context: neighbours on each side in the cases' stacks.
         seed: seed of the damage.
         settings: extra settings recorded in the JSON (e.g. the case sizes).
+        real_scans: also evaluate on real scans (:func:`evaluate_real_scans`, at severity 0.5 with the same kinds,
+            printed as a second table, JSON key ``"real_scans"``): ``True`` for
+            :func:`~sgad_med.evaluation.real_scans.default_real_volumes`, a sequence of (name, path, volume index)
+            for others, ``False`` (or empty) for none.
+        real_slices_per_volume: damaged slices per real volume.
     """
 
     def __init__(self, cases: Sequence[dict], restorer: Any, output_dir: str | os.PathLike,
                  kinds: Sequence[str] = ARTIFACT_KINDS, severities: Sequence[float] = SEVERITIES,
                  moderate: float = MODERATE_SEVERITY, context: int = 2, seed: int = 0,
-                 settings: dict | None = None) -> None:
+                 settings: dict | None = None, real_scans: bool | Sequence[tuple[str, str, int | None]] = True,
+                 real_slices_per_volume: int = 4) -> None:
         if float(moderate) not in [float(s) for s in severities]:
             raise ValueError(f"the moderate severity {moderate} must be one of the severities {list(severities)}")
         self.cases, self.restorer = list(cases), restorer
@@ -504,11 +717,19 @@ class RestorationEvaluation:
         self.kinds, self.severities = list(kinds), [float(s) for s in severities]
         self.moderate, self.context, self.seed = float(moderate), int(context), int(seed)
         self.settings = dict(settings or {})
+        self.real_scans, self.real_slices_per_volume = real_scans, int(real_slices_per_volume)
         self.results: dict | None = None
 
+    def real_scan_list(self) -> list[tuple[str, str, int | None]]:
+        """The real scans evaluated, as (name, path, volume index), from the ``real_scans`` option."""
+        from sgad_med.evaluation.real_scans import resolve_real_scans
+
+        return resolve_real_scans(self.real_scans)
+
     def run(self) -> dict:
-        """Evaluate, print the table, write the JSON; returns the results."""
+        """Evaluate, print the tables, write the JSON; returns the results."""
         from sgad_med import __version__
+        from sgad_med.evaluation.real_scans import load_real_volumes
 
         start = time.perf_counter()
         restore = self.restorer if callable(self.restorer) and not hasattr(self.restorer, "network") else \
@@ -516,6 +737,10 @@ class RestorationEvaluation:
         results = evaluate_restoration(self.cases, restore, self.kinds, self.severities, self.context, self.seed,
                                        progress=True)
         results["quality_bar"] = quality_bar(results, self.moderate)
+        results["real_scans"] = evaluate_real_scans(
+            load_real_volumes(self.real_scan_list()), restore, self.kinds, REAL_SCAN_SEVERITY,
+            self.real_slices_per_volume, self.context, self.seed, progress=True,
+        )
         results["settings"] = {
             **self.settings,
             "slices": len(self.cases),
@@ -532,6 +757,9 @@ class RestorationEvaluation:
         }
         self.results = results
         print(format_restoration_table(results, self.moderate))
+        if results["real_scans"] is not None:
+            print()
+            print(format_real_scans_table(results["real_scans"]))
         self.output_dir.mkdir(parents=True, exist_ok=True)
         (self.output_dir / "restoration_evaluation.json").write_text(json.dumps(results, indent=2))
         return results

@@ -90,3 +90,17 @@ def test_inference_config_scores_every_scan_of_a_folder(tmp_path):
     written = sorted(p.name for p in (tmp_path / "out").glob("*_slice_scores.csv"))
     assert len(written) == 7, written  # the seven sample scans
     assert all(p.read_text().startswith("slice,score,flagged\n") for p in (tmp_path / "out").iterdir())
+
+
+def test_leave_one_out_config_runs_each_fold(tmp_path):
+    overrides = {
+        "bundle_root": str(DETECTION), "output_dir": str(tmp_path), "spacing": 8.0, **TINY_NETWORK,
+        "train_anatomies": "$range(0, 2)", "calibration_anatomies": "$range(920, 922)",
+        "test_anatomies": "$range(10000, 10002)", "kinds": ["spike", "blob"], "max_epochs": 1,
+    }
+    workflow = ConfigWorkflow(config_file=str(CONFIGS / "leave_one_out.json"), workflow_type="inference", **overrides)
+    workflow.initialize()
+    workflow.run()
+    results = json.loads((tmp_path / "leave_one_out.json").read_text())
+    assert list(results["folds"]) == ["spike", "blob"]
+    assert results["settings"]["test_split"] == "heldout"

@@ -190,3 +190,75 @@ def test_evaluation_refuses_validation_anatomies_that_are_evaluated(tmp_path, ca
                                      validation_anatomies=[case["anatomy_seed"]], progress=False)
     with pytest.raises(ValueError, match="anatom"):
         evaluation.run()
+
+
+# ------------------------------------------------------------------------------------------------------- real scans
+
+
+def _epi() -> list[tuple[str, str, int | None]]:
+    from sgad_med.evaluation.real_scans import default_real_volumes
+
+    scans = [s for s in default_real_volumes() if "example4d" in s[1]]
+    if not scans:
+        pytest.skip("nibabel's example4d EPI is not installed")
+    return scans
+
+
+def test_the_real_volume_listing_finds_the_nibabel_epi():
+    from sgad_med.evaluation import harmonization, real_scans
+
+    name, path, index = _epi()[0]
+    assert "EPI" in name and path.endswith("example4d.nii.gz") and index == 0
+    assert harmonization.default_real_scans is real_scans.default_real_scans, "the old import path still works"
+    assert any("example4d" in s[1] for s in harmonization.default_real_scans())
+    (item,) = real_scans.load_real_volumes([(name, path, index)])
+    assert item["name"] == name and item["shape"] == [128, 96, 24]
+    assert item["volume"].dtype == np.float32 and 0.0 <= item["volume"].min() and item["volume"].max() <= 1.0
+
+
+def test_only_the_chosen_slices_of_a_real_volume_are_corrupted():
+    from sgad_med.evaluation.detection import corrupt_real_volume, real_scan_head
+    from sgad_med.evaluation.real_scans import load_real_volumes
+
+    volume = load_real_volumes(_epi())[0]["volume"]
+    original = volume.copy()
+    chosen = corrupted_slices_for(real_scan_head(volume), 4, 3, [0, 5])
+    assert len(chosen) == 4 and np.diff(chosen).min() >= 3 and 0 < chosen.min() and chosen.max() < 23
+    corrupted = corrupt_real_volume(volume, "spike", chosen, 0.5, seed=1)
+    changed = [k for k in range(volume.shape[-1]) if not np.array_equal(corrupted[..., k], original[..., k])]
+    assert changed == list(chosen)
+    assert np.array_equal(volume, original), "the input is not modified"
+
+
+def test_the_real_scan_section_runs_with_a_tiny_detector(tmp_path, capsys, case):
+    from sgad_med.evaluation.detection import format_real_scans_table
+
+    scans = _epi()
+    detector = tiny_detector()
+    evaluation = DetectionEvaluation(
+        detector, kinds=["spike", "shift"], severities=[0.5], slices_per_volume=2, spacing=SPACING, mni_dir=MNI,
+        output_dir=tmp_path / "out", cases=[case], validation_anatomies=range(900, 901), progress=False,
+        real_scans=scans,
+    )
+    results = evaluation()
+    real = json.loads((tmp_path / "out" / "detection_evaluation.json").read_text())["real_scans"]
+    for key in ("scans", "methods", "thresholds", "kinds", "severity", "per_kind", "mean", "notes", "seconds"):
+        assert key in real, key
+    assert real["kinds"] == ["spike", "shift"] and real["severity"] == "0.5"
+    assert real["thresholds"] == results["thresholds"]
+    (row,) = real["scans"]
+    assert row["name"] == scans[0][0] and row["shape"] == [128, 96, 24] and row["n_slices"] == 24
+    for method in ("detector", "baseline"):
+        assert 0.0 <= row["flagged"][method] <= 1.0
+        assert 0.0 <= real["mean"][method]["auroc"] <= 1.0
+        for kind in ("spike", "shift"):
+            assert real["per_kind"][kind]["n_positive"] == 2 and real["per_kind"][kind]["n_negative"] == 24
+            assert 0.0 <= real["per_kind"][kind][method]["auroc"] <= 1.0
+    printed = capsys.readouterr().out
+    assert f"real scans (no truth): {scans[0][0]}" in printed and "presumed clean" in printed
+    assert format_real_scans_table(real) == format_real_scans_table(results["real_scans"])
+
+    off = DetectionEvaluation(detector, kinds=["spike"], severities=[0.5], slices_per_volume=2, spacing=SPACING,
+                              mni_dir=MNI, output_dir=tmp_path / "off", cases=[case],
+                              validation_anatomies=range(900, 901), progress=False, real_scans=False)
+    assert off.real_scan_list() == []

@@ -128,7 +128,7 @@ def test_the_results_are_reproducible():
 def test_restoration_evaluation_prints_one_table_and_writes_json(tmp_path, capsys):
     cases = _cases(2)
     evaluation = RestorationEvaluation(cases, _oracle(cases), tmp_path / "eval", kinds=["dropout", "zipper"],
-                                       severities=[0.25, 0.5, 0.75], settings={"note": "test"})
+                                       severities=[0.25, 0.5, 0.75], settings={"note": "test"}, real_scans=False)
     results = evaluation.run()
     printed = capsys.readouterr().out
     assert "dropout @0.5" in printed and "mean @0.75" in printed and "clean slice" in printed
@@ -149,3 +149,83 @@ def test_held_out_cases_are_held_out_anatomies_in_held_out_styles():
     stack, mask = cases[0]["stack"], cases[0]["mask"]
     assert stack.shape[0] == 2 * CONTEXT + 1 and mask.shape == stack.shape[1:] and mask.any()
     assert stack.min() >= 0 and stack.max() <= 1
+
+
+# ------------------------------------------------------------------------------------------------------- real scans
+
+
+def _epi() -> list[tuple[str, str, int | None]]:
+    from sgad_med.evaluation.real_scans import default_real_volumes
+
+    scans = [s for s in default_real_volumes() if "example4d" in s[1]]
+    if not scans:
+        pytest.skip("nibabel's example4d EPI is not installed")
+    return scans
+
+
+def _tiny_restorer():
+    import torch
+
+    from sgad_med.networks import SliceRestorationNet
+    from sgad_med.restorer import SliceRestorer
+
+    torch.manual_seed(0)
+    return SliceRestorer(SliceRestorationNet(context=CONTEXT, features=(4, 4, 8, 8, 16, 4)), device="cpu",
+                         batch_size=4)
+
+
+def test_the_real_volume_listing_finds_the_nibabel_epi():
+    from sgad_med.evaluation.harmonization import default_real_scans
+    from sgad_med.evaluation.real_scans import default_real_volumes
+
+    assert any(path.endswith("example4d.nii.gz") and index == 0 for _, path, index in default_real_volumes())
+    assert any(path.endswith("example4d.nii.gz") for _, path, _ in default_real_scans())
+
+
+def test_only_the_centre_slices_of_real_stacks_are_damaged():
+    from sgad_med.evaluation.real_scans import load_real_volumes
+    from sgad_med.evaluation.restoration import damage_stacks, real_scan_cases
+
+    volume = load_real_volumes(_epi())[0]["volume"]
+    cases = real_scan_cases([{"name": "epi", "volume": volume}], slices_per_volume=3, context=CONTEXT, seed=0)
+    assert len(cases) == 3
+    slices = [c["slice"] for c in cases]
+    assert min(slices) >= CONTEXT and max(slices) < volume.shape[-1] - CONTEXT and np.diff(slices).min() >= 3
+    for c in cases:
+        k = c["slice"]
+        assert np.array_equal(c["stack"], np.moveaxis(volume[..., k - CONTEXT : k + CONTEXT + 1], -1, 0))
+        assert np.array_equal(c["mask"], volume[..., k] > 0.05)
+    clean = np.stack([c["stack"] for c in cases])
+    for kind in ("dropout", "spike"):
+        damaged = damage_stacks(clean, kind, 0.5, CONTEXT, seed=0)
+        differs = [j for j in range(2 * CONTEXT + 1) if not np.array_equal(damaged[:, j], clean[:, j])]
+        assert differs == [CONTEXT], kind
+        assert all(not np.array_equal(damaged[i, CONTEXT], clean[i, CONTEXT]) for i in range(len(cases)))
+
+
+def test_the_real_scan_section_runs_with_a_tiny_network(tmp_path, capsys):
+    from sgad_med.evaluation.restoration import evaluate_real_scans, format_real_scans_table
+
+    scans = _epi()
+    cases = _cases(2)
+    evaluation = RestorationEvaluation(cases, _tiny_restorer(), tmp_path / "eval", kinds=["dropout", "rician"],
+                                       severities=[0.5], real_scans=scans, real_slices_per_volume=2)
+    results = evaluation.run()
+    real = json.loads((tmp_path / "eval" / "restoration_evaluation.json").read_text())["real_scans"]
+    for key in ("scans", "severity", "kinds", "per_kind", "mean", "clean_slice", "mask", "notes", "seconds"):
+        assert key in real, key
+    assert real["severity"] == "0.5" and set(real["per_kind"]) == {"dropout", "rician"}
+    (row,) = real["scans"]
+    assert row["name"] == scans[0][0] and row["shape"] == [128, 96, 24] and len(row["slices"]) == 2
+    assert set(real["per_kind"]["dropout"]) == set(METHODS)
+    assert "inpaint_biharmonic" not in real["per_kind"]["rician"]
+    for method in ("corrupted", "network", "interpolation"):
+        for metric in ("psnr_mask", "ssim_mask", "psnr", "ssim"):
+            assert np.isfinite(real["mean"][method][metric])
+        assert real["per_kind"]["rician"][method]["n"] == 2
+    assert set(real["clean_slice"]) == {"network", *CLASSICAL_METHODS}
+    printed = capsys.readouterr().out
+    assert f"real scans (no truth; reference: the original slice): {scans[0][0]}" in printed
+    assert "mask: original slice > 0.05" in printed and "clean slice: MAE whole" in printed
+    assert format_real_scans_table(real) == format_real_scans_table(results["real_scans"])
+    assert evaluate_real_scans([], lambda stacks: stacks[:, CONTEXT]) is None
