@@ -145,7 +145,7 @@ class CorruptedSlices(Dataset):
         return self._generator
 
     def clean_stacks(self, index: int) -> torch.Tensor:
-        """The clean stacks ``[N, 2c+1, H, W]`` of volume ``index`` (normalized, padded)."""
+        """The clean stacks ``[N, 2c+1, H, W]`` of volume ``index`` (normalized, not yet padded)."""
         if index in self._stacks:
             return self._stacks[index]
         rng = np.random.default_rng([self.seed, index, 0])
@@ -157,7 +157,7 @@ class CorruptedSlices(Dataset):
             volume01 = torch.as_tensor(self.harmonizer.harmonize01(volume01))
         foreground = (pair["target"] > 0.05).mean(axis=(0, 1))
         chosen = choose_slices(foreground, self.min_foreground, self.slices_per_volume, [self.seed, index])
-        stacks, _ = pad_to_multiple(slice_stacks(volume01, self.context, chosen), self.multiple)
+        stacks = slice_stacks(volume01, self.context, chosen)
         if self.cache:
             self._stacks[index] = stacks
         return stacks
@@ -202,10 +202,12 @@ class CorruptedSlices(Dataset):
                 kinds.append(CLEAN)
                 severities.append(0.0)
             images.append(stack)
+        # Padded only now, after the damage: damage applied to a padded slice spreads into the zero border
+        # (k-space artifacts ring there), a cue that real scans, damaged before any padding, never show.
         return {
-            "image": torch.stack(images),
+            "image": pad_to_multiple(torch.stack(images), self.multiple)[0],
             "label": torch.tensor(labels, dtype=torch.float32)[:, None],
-            "clean": stacks[:, centre : centre + 1].clone(),
+            "clean": pad_to_multiple(stacks[:, centre : centre + 1], self.multiple)[0],
             "kind": torch.tensor(kinds, dtype=torch.int64),
             "severity": torch.tensor(severities, dtype=torch.float32),
         }

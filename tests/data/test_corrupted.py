@@ -5,6 +5,7 @@ import torch
 
 from sgad_med.data.corrupted import CLEAN, CorruptedSlices
 from sgad_med.transforms.artifacts import ARTIFACT_KINDS
+from sgad_med.transforms.slices import pad_to_multiple
 from tests.conftest import SAMPLE_DATA
 
 MNI = SAMPLE_DATA / "mni"
@@ -52,4 +53,16 @@ def test_damaged_neighbours_leave_the_centre_truth_alone():
     item = dataset[1]
     assert (item["label"] == 0).all()
     assert torch.equal(item["image"][:, 2:3], item["clean"])
-    assert not torch.equal(item["image"][:, [0, 1, 3, 4]], dataset.clean_stacks(1)[:, [0, 1, 3, 4]])
+    clean = pad_to_multiple(dataset.clean_stacks(1), 16)[0]
+    assert item["image"].shape == clean.shape
+    assert not torch.equal(item["image"][:, [0, 1, 3, 4]], clean[:, [0, 1, 3, 4]])
+
+
+def test_damage_stays_inside_the_slice_and_padding_stays_zero():
+    dataset = _dataset(corrupt_fraction=1.0, kinds=["gibbs", "spike", "motion"], context=1)
+    item = dataset[0]
+    height, width = dataset.clean_stacks(0).shape[-2:]
+    (left, _right, top, _bottom) = pad_to_multiple(dataset.clean_stacks(0), 16)[1]
+    border = torch.ones_like(item["image"][0, 0], dtype=torch.bool)
+    border[top : top + height, left : left + width] = False
+    assert (item["image"][:, :, border] == 0).all(), "k-space damage must not ring into the padding"
