@@ -134,14 +134,15 @@ def evaluate_pipeline(
     turn = 0
     for index, case in enumerate(cases):
         chosen = corrupted_slices_for(case["head"], slices_per_volume, min_gap, seed=[seed, index])
-        image = MetaTensor(torch.as_tensor(case["source"])[None], affine=torch.as_tensor(case["affine"]))
+        # the artifact transforms work on [0, 1] intensities (they clip there): damage the rendering, then scale
+        image = MetaTensor(torch.as_tensor(case["source"] / MR_SCALE)[None], affine=torch.as_tensor(case["affine"]))
         kind_of: dict[int, str] = {}
         for j, k in enumerate(chosen):
             kind = kinds[turn % len(kinds)]
             turn += 1
             kind_of[int(k)] = kind
             image = SliceArtifact(kind, [int(k)], severity=severity, seed=seed * 1000 + index * 10 + j)(image)
-        scan = Scan(image=MetaTensor(torch.as_tensor(image.as_tensor()), affine=image.affine),
+        scan = Scan(image=MetaTensor(torch.as_tensor(image.as_tensor()) * MR_SCALE, affine=image.affine),
                     scan_id=f"case{index}", modality="MR")
         result = pipeline(scan)
         norm = result.settings["normalization"]
