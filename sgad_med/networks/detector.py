@@ -37,6 +37,10 @@ class SliceAnomalyNet(nn.Module):
         growth_rate: channels each dense layer adds.
         block_config: dense layers per block.
         dropout: dropout probability in the dense layers.
+        high_pass: also give the network the local high-frequency energy of every slice (the magnitude of a
+            fixed Laplacian, as extra channels). DenseNet's stride-2 stem and pooling discard the finest detail
+            before any dense block sees it, and several damages (Gibbs ringing, zipper lines, noise) live there;
+            the energy map turns that detail into a smooth signal the stem keeps.
 
     Example::
 
@@ -52,12 +56,16 @@ class SliceAnomalyNet(nn.Module):
         growth_rate: int = 8,
         block_config: Sequence[int] = (2, 4, 4),
         dropout: float = 0.0,
+        high_pass: bool = False,
     ) -> None:
         super().__init__()
         self.context = int(context)
+        self.high_pass = high_pass
+        laplacian = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
+        self.register_buffer("laplacian", laplacian[None, None], persistent=False)
         self.densenet = DenseNet(
             spatial_dims=2,
-            in_channels=2 * self.context + 1,
+            in_channels=(2 if high_pass else 1) * (2 * self.context + 1),
             out_channels=1,
             init_features=init_features,
             growth_rate=growth_rate,
@@ -79,10 +87,17 @@ class SliceAnomalyNet(nn.Module):
         """Slices in the input stack."""
         return 2 * self.context + 1
 
+    def _inputs(self, stack: torch.Tensor) -> torch.Tensor:
+        if not self.high_pass:
+            return stack
+        slices = stack.reshape(-1, 1, *stack.shape[-2:])
+        energy = torch.nn.functional.conv2d(slices, self.laplacian.to(stack.dtype), padding=1).abs()
+        return torch.cat([stack, energy.reshape(stack.shape)], dim=1)
+
     def embed(self, stack: torch.Tensor) -> torch.Tensor:
         """Pooled DenseNet features ``[B, F]`` of stacks ``[B, 2c+1, H, W]`` (any H, W)."""
         layers = self.densenet.class_layers
-        return layers.flatten(layers.pool(layers.relu(self.densenet.features(stack))))
+        return layers.flatten(layers.pool(layers.relu(self.densenet.features(self._inputs(stack)))))
 
     def forward(self, stack: torch.Tensor) -> torch.Tensor:
         """Classifier logits ``[B, 1]``: the training output (binary cross-entropy against the slice label)."""
