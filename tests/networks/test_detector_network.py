@@ -56,3 +56,16 @@ def test_calibration_travels_with_the_state_dict():
     assert bool(other.calibrated) and abs(float(other.threshold) - 0.42) < 1e-6
     stack = torch.rand(2, 3, 32, 32)
     assert torch.allclose(other.probability(stack), net.probability(stack))
+
+
+def test_high_pass_input_adds_the_laplacian_energy_of_every_slice():
+    torch.manual_seed(0)
+    net = SliceAnomalyNet(context=1, init_features=4, growth_rate=4, block_config=(1, 1), high_pass=True).eval()
+    assert net.densenet.features[0].in_channels == 6
+    flat = torch.full((1, 3, 32, 32), 0.5)
+    inputs = net._inputs(flat)
+    assert inputs.shape == (1, 6, 32, 32)
+    assert torch.equal(inputs[:, :3], flat)
+    assert inputs[:, 3:, 1:-1, 1:-1].abs().max() == 0  # a flat slice has no high-frequency energy inside
+    assert net(torch.rand(2, 3, 40, 44)).shape == (2, 1)
+    assert "laplacian" not in net.state_dict(), "the fixed kernel is not a weight"
