@@ -54,7 +54,8 @@ def test_bundle_inference_writes_the_same_outputs_as_the_cli(tmp_path):
         for name in ("harmonized.nii.gz", "corrected.nii.gz"):
             a = nib.load(tmp_path / "bundle_out" / scan_id / name).get_fdata()
             b = nib.load(cli_out / scan_id / name).get_fdata()
-            assert np.allclose(a, b, atol=1e-4), f"{scan_id}/{name}: same networks, same result"
+            # float32 sums differ with the thread count (the bundle runs in a 1-thread subprocess): compare to scale
+            assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max(), f"{scan_id}/{name}: same networks, same result"
 
 
 def test_evaluate_pipeline_runs_the_bundle_evaluation(tmp_path, capsys):

@@ -81,7 +81,7 @@ def test_inference_config_scores_every_scan_of_a_folder(tmp_path):
     net_weights = tmp_path / "model.pt"
     from sgad_med.networks import SliceAnomalyNet
 
-    torch.save(SliceAnomalyNet(context=1, **TINY_NETWORK).state_dict(), net_weights)
+    torch.save(SliceAnomalyNet(context=1, high_pass=True, **TINY_NETWORK).state_dict(), net_weights)
     workflow = ConfigWorkflow(config_file=str(CONFIGS / "inference.json"), workflow_type="inference",
                               bundle_root=str(DETECTION), checkpoint=str(net_weights),
                               dataset_dir=str(SAMPLE_DATA), output_dir=str(tmp_path / "out"), **TINY_NETWORK)
