@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from sgad_med.evaluation.harmonization import normalize_mr
+from sgad_med.evaluation.heldout import heldout_pairs, normalize_mr
 
 __all__ = [
     "BASELINE_FEATURES",
@@ -459,29 +459,18 @@ def detection_cases(
         One dict per volume: ``volume`` (float32 ``[H, W, D]`` in [0, 1]), ``head`` (bool ``[D]``),
         ``anatomy_seed``, ``style_seed``, ``style``.
     """
-    from sgad_med.data.mni import load_mni_template
-    from sgad_med.data.synthetic import HELDOUT_ANATOMY_SEEDS, SyntheticStyleGenerator
     from sgad_med.evaluation.harmonization import head_mask
 
-    if not 1 <= n_anatomies <= len(HELDOUT_ANATOMY_SEEDS):
-        raise ValueError(f"n_anatomies must be in [1, {len(HELDOUT_ANATOMY_SEEDS)}], got {n_anatomies}")
-    if styles_per_anatomy < 1:
-        raise ValueError(f"styles_per_anatomy must be >= 1, got {styles_per_anatomy}")
-    generator = SyntheticStyleGenerator(template=load_mni_template(mni_dir, spacing=spacing), seed=seed,
-                                        anatomy_cache=1)
     cases = []
-    for a in range(n_anatomies):
-        anatomy_seed = int(HELDOUT_ANATOMY_SEEDS[a])
-        for s in range(styles_per_anatomy):
-            style_seed = a * styles_per_anatomy + s
-            pair = generator.pair(anatomy_seed, style_seed=style_seed, split="heldout")
-            cases.append({
-                "volume": normalize_mr(pair["source"]),
-                "head": head_slices(head_mask(pair["target"]), min_foreground),
-                "anatomy_seed": anatomy_seed,
-                "style_seed": style_seed,
-                "style": pair["style"].name,
-            })
+    for pair in heldout_pairs(n_anatomies, styles_per_anatomy, spacing=spacing, seed=seed, mni_dir=mni_dir):
+        anatomy_seed, style_seed = pair["anatomy_seed"], pair["style_seed"]
+        cases.append({
+            "volume": normalize_mr(pair["source"]),
+            "head": head_slices(head_mask(pair["target"]), min_foreground),
+            "anatomy_seed": anatomy_seed,
+            "style_seed": style_seed,
+            "style": pair["style"].name,
+        })
     return cases
 
 

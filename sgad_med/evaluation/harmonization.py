@@ -42,6 +42,7 @@ from scipy import ndimage
 from scipy.stats import wasserstein_distance
 from skimage.exposure import match_histograms
 
+from sgad_med.evaluation.heldout import heldout_pairs, normalize_mr
 from sgad_med.evaluation.metrics import (
     PSNR_CAP_DB,
     as_float_pair,
@@ -542,11 +543,6 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def normalize_mr(volume: np.ndarray) -> np.ndarray:
-    """Robust-percentile normalization, exactly as a real MR scan gets at inference."""
-    from sgad_med.transforms.intensity import normalize
-
-    return np.asarray(normalize(np.asarray(volume)[None], modality="MR")[0])[0].astype(np.float32)
 
 
 def heldout_cases(
@@ -579,35 +575,22 @@ def heldout_cases(
         for the preservation check), float32 ``[H, W, D]`` in [0, 1]; ``mask`` (bool); ``anatomy_seed``,
         ``style_seed``, ``style`` (the style's name, e.g. ``"t2-heldout"``), ``style_params`` (a plain dict).
     """
-    from sgad_med.data.mni import load_mni_template
-    from sgad_med.data.synthetic import HELDOUT_ANATOMY_SEEDS, SyntheticStyleGenerator
-
-    if not 1 <= n_anatomies <= len(HELDOUT_ANATOMY_SEEDS):
-        raise ValueError(f"n_anatomies must be in [1, {len(HELDOUT_ANATOMY_SEEDS)}], got {n_anatomies}")
-    if styles_per_anatomy < 1:
-        raise ValueError(f"styles_per_anatomy must be >= 1, got {styles_per_anatomy}")
-    generator = SyntheticStyleGenerator(
-        template=load_mni_template(mni_dir, spacing=spacing), seed=seed, anatomy_cache=1
-    )
     cases = []
-    for a in range(n_anatomies):
-        anatomy_seed = int(HELDOUT_ANATOMY_SEEDS[a])
-        for s in range(styles_per_anatomy):
-            style_seed = a * styles_per_anatomy + s
-            pair = generator.pair(anatomy_seed, style_seed=style_seed, split="heldout")
-            target = normalize_mr(pair["target"])
-            cases.append(
-                {
-                    "source": normalize_mr(pair["source"]),
-                    "target": target,
-                    "reference_input": target,
-                    "mask": head_mask(pair["target"]),
-                    "anatomy_seed": anatomy_seed,
-                    "style_seed": style_seed,
-                    "style": pair["style"].name,
-                    "style_params": pair["style_params"],
-                }
-            )
+    for pair in heldout_pairs(n_anatomies, styles_per_anatomy, spacing=spacing, seed=seed, mni_dir=mni_dir):
+        anatomy_seed, style_seed = pair["anatomy_seed"], pair["style_seed"]
+        target = normalize_mr(pair["target"])
+        cases.append(
+            {
+                "source": normalize_mr(pair["source"]),
+                "target": target,
+                "reference_input": target,
+                "mask": head_mask(pair["target"]),
+                "anatomy_seed": anatomy_seed,
+                "style_seed": style_seed,
+                "style": pair["style"].name,
+                "style_params": pair["style_params"],
+            }
+        )
     return cases
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from sgad_med.evaluation.detection import corrupted_slices_for, head_slices
-from sgad_med.evaluation.harmonization import normalize_mr
+from sgad_med.evaluation.heldout import heldout_pairs, normalize_mr
 
 DEFAULT_KINDS = ("spike", "stripes", "signal_loss", "motion", "checkerboard", "blob")
 MR_SCALE = 1000.0  # synthetic volumes are in [0, 1]; scans arrive in scanner units
@@ -57,29 +57,20 @@ def pipeline_cases(
         rendering, normalized as at inference), ``head`` (bool ``[D]``), ``affine``, ``anatomy_seed``,
         ``style_seed``, ``style``.
     """
-    from sgad_med.data.mni import load_mni_template
-    from sgad_med.data.synthetic import HELDOUT_ANATOMY_SEEDS, SyntheticStyleGenerator
     from sgad_med.evaluation.harmonization import head_mask
 
-    if not 1 <= n_anatomies <= len(HELDOUT_ANATOMY_SEEDS):
-        raise ValueError(f"n_anatomies must be in [1, {len(HELDOUT_ANATOMY_SEEDS)}], got {n_anatomies}")
-    generator = SyntheticStyleGenerator(template=load_mni_template(mni_dir, spacing=spacing), seed=seed,
-                                        anatomy_cache=1)
     cases = []
-    for a in range(n_anatomies):
-        anatomy_seed = int(HELDOUT_ANATOMY_SEEDS[a])
-        for s in range(styles_per_anatomy):
-            style_seed = a * styles_per_anatomy + s
-            pair = generator.pair(anatomy_seed, style_seed=style_seed, split="heldout")
-            cases.append({
-                "source": (pair["source"] * MR_SCALE).astype(np.float32),
-                "truth01": normalize_mr(pair["target"]),
-                "head": head_slices(head_mask(pair["target"]), min_foreground),
-                "affine": np.asarray(pair["affine"], dtype=np.float64),
-                "anatomy_seed": anatomy_seed,
-                "style_seed": style_seed,
-                "style": pair["style"].name,
-            })
+    for pair in heldout_pairs(n_anatomies, styles_per_anatomy, spacing=spacing, seed=seed, mni_dir=mni_dir):
+        anatomy_seed, style_seed = pair["anatomy_seed"], pair["style_seed"]
+        cases.append({
+            "source": (pair["source"] * MR_SCALE).astype(np.float32),
+            "truth01": normalize_mr(pair["target"]),
+            "head": head_slices(head_mask(pair["target"]), min_foreground),
+            "affine": np.asarray(pair["affine"], dtype=np.float64),
+            "anatomy_seed": anatomy_seed,
+            "style_seed": style_seed,
+            "style": pair["style"].name,
+        })
     return cases
 
 

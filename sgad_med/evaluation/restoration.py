@@ -51,6 +51,7 @@ from scipy import ndimage
 from skimage.restoration import denoise_nl_means, denoise_tv_chambolle, inpaint_biharmonic
 from tqdm import tqdm
 
+from sgad_med.evaluation.heldout import heldout_pairs
 from sgad_med.evaluation.metrics import mae, psnr, ssim_map
 from sgad_med.transforms.artifacts import ARTIFACT_KINDS, ARTIFACTS
 
@@ -261,32 +262,23 @@ def restoration_cases(
         One dict per slice: ``stack`` float32 ``[2c+1, H, W]`` (clean), ``mask`` bool ``[H, W]`` (head, from the
         reference-style rendering), ``anatomy_seed``, ``style_seed``, ``style``, ``slice``.
     """
-    from sgad_med.data.mni import load_mni_template
     from sgad_med.data.slices import choose_slices
-    from sgad_med.data.synthetic import HELDOUT_ANATOMY_SEEDS, SyntheticStyleGenerator
     from sgad_med.evaluation.harmonization import head_mask
     from sgad_med.transforms.intensity import normalize
     from sgad_med.transforms.slices import slice_stacks
 
-    if not 1 <= n_anatomies <= len(HELDOUT_ANATOMY_SEEDS):
-        raise ValueError(f"n_anatomies must be in [1, {len(HELDOUT_ANATOMY_SEEDS)}], got {n_anatomies}")
     if styles_per_anatomy < 1 or slices_per_volume < 1 or context < 1:
         raise ValueError("styles_per_anatomy, slices_per_volume and context must be >= 1")
-    generator = SyntheticStyleGenerator(template=load_mni_template(mni_dir, spacing=spacing), seed=seed,
-                                        anatomy_cache=1)
     cases = []
-    for a in range(n_anatomies):
-        anatomy_seed = int(HELDOUT_ANATOMY_SEEDS[a])
-        for s in range(styles_per_anatomy):
-            style_seed = a * styles_per_anatomy + s
-            pair = generator.pair(anatomy_seed, style_seed=style_seed, split="heldout")
-            volume01 = np.asarray(normalize(pair["source"][None], modality="MR")[0])[0].astype(np.float32)
-            mask = head_mask(pair["target"])
-            chosen = choose_slices(mask.mean(axis=(0, 1)), min_foreground, slices_per_volume, [seed, style_seed])
-            stacks = slice_stacks(volume01, context, chosen).numpy()
-            for k, stack in zip(chosen, stacks):
-                cases.append({"stack": stack, "mask": mask[..., int(k)], "anatomy_seed": anatomy_seed,
-                              "style_seed": style_seed, "style": pair["style"].name, "slice": int(k)})
+    for pair in heldout_pairs(n_anatomies, styles_per_anatomy, spacing=spacing, seed=seed, mni_dir=mni_dir):
+        anatomy_seed, style_seed = pair["anatomy_seed"], pair["style_seed"]
+        volume01 = np.asarray(normalize(pair["source"][None], modality="MR")[0])[0].astype(np.float32)
+        mask = head_mask(pair["target"])
+        chosen = choose_slices(mask.mean(axis=(0, 1)), min_foreground, slices_per_volume, [seed, style_seed])
+        stacks = slice_stacks(volume01, context, chosen).numpy()
+        for k, stack in zip(chosen, stacks):
+            cases.append({"stack": stack, "mask": mask[..., int(k)], "anatomy_seed": anatomy_seed,
+                          "style_seed": style_seed, "style": pair["style"].name, "slice": int(k)})
     return cases
 
 
