@@ -17,10 +17,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from sgad_med.data.slices import choose_slices
-from sgad_med.data.synthetic import SyntheticStyleGenerator
+from sgad_med.data.slices import SyntheticVolumeDataset, choose_slices
 from sgad_med.transforms.artifacts import ARTIFACT_KINDS, ARTIFACTS
 from sgad_med.transforms.intensity import normalize
 from sgad_med.transforms.slices import pad_to_multiple, slice_stacks
@@ -40,7 +38,7 @@ def corrupt_stack(
     return out
 
 
-class CorruptedSlices(Dataset):
+class CorruptedSlices(SyntheticVolumeDataset):
     """Stacks of synthetic slices, the centre slice corrupted with probability ``corrupt_fraction``.
 
     Item ``i`` is volume ``i``: anatomy ``anatomy_seeds[i // styles_per_anatomy]`` in style seed ``i`` of
@@ -104,8 +102,7 @@ class CorruptedSlices(Dataset):
         unknown = sorted(set(kinds) - set(ARTIFACT_KINDS))
         if unknown or not kinds:
             raise ValueError(f"kinds must be a non-empty subset of {ARTIFACT_KINDS}, got unknown {unknown}")
-        self.anatomy_seeds = list(anatomy_seeds)
-        self.styles_per_anatomy = int(styles_per_anatomy)
+        super().__init__(anatomy_seeds, styles_per_anatomy, spacing, seed, mni_dir)
         self.slices_per_volume = int(slices_per_volume)
         self.split = split
         self.context = int(context)
@@ -118,39 +115,19 @@ class CorruptedSlices(Dataset):
         self.harmonizer = harmonizer
         self.harmonized_fraction = float(harmonized_fraction) if harmonizer is not None else 0.0
         self.redraw = redraw
-        self.spacing = float(spacing)
-        self.seed = int(seed)
-        self.mni_dir = mni_dir
         self.min_foreground = float(min_foreground)
         self.multiple = int(multiple)
         self.cache = cache
         self.damage_seed = self.seed
         self._stacks: dict[int, torch.Tensor] = {}
         self._accesses: dict[int, int] = {}
-        self._generator: SyntheticStyleGenerator | None = None
-        from sgad_med.data.mni import find_mni_dir
-
-        find_mni_dir(mni_dir)  # fail now, with the fix in the message, not in the middle of a training run
-
-    def __len__(self) -> int:
-        return len(self.anatomy_seeds) * self.styles_per_anatomy
-
-    @property
-    def generator(self) -> SyntheticStyleGenerator:
-        if self._generator is None:
-            from sgad_med.data.mni import load_mni_template
-
-            template = load_mni_template(self.mni_dir, spacing=self.spacing)
-            self._generator = SyntheticStyleGenerator(template=template, seed=self.seed, anatomy_cache=2)
-        return self._generator
 
     def clean_stacks(self, index: int) -> torch.Tensor:
         """The clean stacks ``[N, 2c+1, H, W]`` of volume ``index`` (normalized, not yet padded)."""
         if index in self._stacks:
             return self._stacks[index]
         rng = np.random.default_rng([self.seed, index, 0])
-        anatomy_seed = self.anatomy_seeds[index // self.styles_per_anatomy]
-        pair = self.generator.pair(anatomy_seed, style_seed=index, split=self.split)
+        pair = self.generator.pair(self.anatomy_seed(index), style_seed=index, split=self.split)
         volume = pair["target"] if rng.random() < self.reference_fraction else pair["source"]
         volume01 = torch.as_tensor(normalize(volume[None], modality="MR")[0])[0]
         if rng.random() < self.harmonized_fraction:

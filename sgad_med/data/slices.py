@@ -26,7 +26,52 @@ def choose_slices(foreground: np.ndarray, min_foreground: float, count: int, see
     return np.sort(rng.choice(candidates, size=min(count, len(candidates)), replace=False))
 
 
-class HarmonizationSlices(Dataset):
+class SyntheticVolumeDataset(Dataset):
+    """Base of the datasets of slices cut from synthetic volumes: item ``i`` is volume ``i``.
+
+    Volume ``i`` is anatomy ``anatomy_seeds[i // styles_per_anatomy]`` in style seed ``i``. The generator is
+    built on first use, so that DataLoader workers do not pickle the template; the MNI maps are looked for at
+    once, so a missing template fails with its fix before a training run starts, not in its middle.
+
+    Args:
+        anatomy_seeds: anatomies to use.
+        styles_per_anatomy: volumes per anatomy, each in its own style.
+        spacing: voxel size of the synthetic volumes, mm.
+        seed: generator seed.
+        mni_dir: where the MNI maps are (``None``: searched).
+    """
+
+    def __init__(self, anatomy_seeds: Sequence[int], styles_per_anatomy: int, spacing: float, seed: int,
+                 mni_dir: str | os.PathLike | None) -> None:
+        from sgad_med.data.mni import find_mni_dir
+
+        self.anatomy_seeds = list(anatomy_seeds)
+        self.styles_per_anatomy = int(styles_per_anatomy)
+        self.spacing = float(spacing)
+        self.seed = int(seed)
+        self.mni_dir = mni_dir
+        self._generator: SyntheticStyleGenerator | None = None
+        find_mni_dir(mni_dir)
+
+    def __len__(self) -> int:
+        return len(self.anatomy_seeds) * self.styles_per_anatomy
+
+    def anatomy_seed(self, index: int) -> int:
+        """The anatomy of volume ``index``."""
+        return self.anatomy_seeds[index // self.styles_per_anatomy]
+
+    @property
+    def generator(self) -> SyntheticStyleGenerator:
+        """The synthetic generator (built on first use)."""
+        if self._generator is None:
+            from sgad_med.data.mni import load_mni_template
+
+            template = load_mni_template(self.mni_dir, spacing=self.spacing)
+            self._generator = SyntheticStyleGenerator(template=template, seed=self.seed, anatomy_cache=2)
+        return self._generator
+
+
+class HarmonizationSlices(SyntheticVolumeDataset):
     """Paired 2.5D slices: a random style in, the reference style out, from synthetic volume pairs.
 
     Item ``i`` is volume pair ``i``: anatomy ``anatomy_seeds[i // styles_per_anatomy]`` in style seed ``i``
@@ -69,40 +114,19 @@ class HarmonizationSlices(Dataset):
         multiple: int = 16,
         cache: bool = True,
     ) -> None:
-        self.anatomy_seeds = list(anatomy_seeds)
-        self.styles_per_anatomy = int(styles_per_anatomy)
+        super().__init__(anatomy_seeds, styles_per_anatomy, spacing, seed, mni_dir)
         self.slices_per_volume = int(slices_per_volume)
         self.split = split
         self.context = int(context)
-        self.spacing = float(spacing)
-        self.seed = int(seed)
-        self.mni_dir = mni_dir
         self.min_foreground = float(min_foreground)
         self.multiple = int(multiple)
         self.cache = cache
         self._items: dict[int, dict[str, torch.Tensor]] = {}
-        self._generator: SyntheticStyleGenerator | None = None  # built lazily: workers don't pickle the template
-        from sgad_med.data.mni import find_mni_dir
-
-        find_mni_dir(mni_dir)  # fail now, with the fix in the message, not in the middle of a training run
-
-    def __len__(self) -> int:
-        return len(self.anatomy_seeds) * self.styles_per_anatomy
-
-    @property
-    def generator(self) -> SyntheticStyleGenerator:
-        if self._generator is None:
-            from sgad_med.data.mni import load_mni_template
-
-            template = load_mni_template(self.mni_dir, spacing=self.spacing)
-            self._generator = SyntheticStyleGenerator(template=template, seed=self.seed, anatomy_cache=2)
-        return self._generator
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if index in self._items:
             return self._items[index]
-        anatomy_seed = self.anatomy_seeds[index // self.styles_per_anatomy]
-        pair = self.generator.pair(anatomy_seed, style_seed=index, split=self.split)
+        pair = self.generator.pair(self.anatomy_seed(index), style_seed=index, split=self.split)
         # Both sides are normalized as a real MR scan is at inference, so a scan already in the reference style
         # maps to itself (the identity term and the evaluation's preservation check rely on this).
         source, _ = normalize(pair["source"][None], modality="MR")
