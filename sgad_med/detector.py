@@ -9,21 +9,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.inferers import Inferer, SimpleInferer
+from monai.inferers import Inferer
 from torch import nn
 from tqdm import tqdm
 
-from sgad_med.bundles import load_bundle_network, resolve_device
 from sgad_med.errors import SGADError
 from sgad_med.io import Scan, ScanSource, load_scan
 from sgad_med.io.atomic import atomic_file
+from sgad_med.slice_runner import SliceNetworkRunner
 from sgad_med.transforms.intensity import normalize
-from sgad_med.transforms.slices import pad_to_multiple, slice_stacks
 
 logger = logging.getLogger(__name__)
 
 
-class SliceAnomalyDetector:
+class SliceAnomalyDetector(SliceNetworkRunner):
     """Scores every axial slice of a scan: the calibrated probability that it is anomalous.
 
     The scan is normalized as in training, cut into 2.5D stacks ``batch_size`` slices at a time and scored by
@@ -48,26 +47,16 @@ class SliceAnomalyDetector:
         scores, flags = detector.score(scan), detector.flag(scan)
     """
 
+    default_bundle = "bundles/slice_anomaly_detection"
+
     def __init__(self, network: nn.Module, device: str | torch.device = "auto", batch_size: int = 32,
                  threshold: float | None = None, progress: bool = False, inferer: Inferer | None = None,
                  multiple: int = 16) -> None:
         if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
             raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
-        self.device = resolve_device(device)
-        self.inferer = inferer if inferer is not None else SimpleInferer()
-        self.network = network.to(self.device).eval()
-        self.context = int(getattr(network, "context", 1))
-        self.batch_size = int(batch_size)
-        self.multiple = int(multiple)
+        super().__init__(network, device=device, batch_size=batch_size, multiple=multiple, progress=progress,
+                         inferer=inferer)
         self._threshold = None if threshold is None else float(threshold)
-        self.progress = progress
-
-    @classmethod
-    def from_bundle(cls, bundle: str | os.PathLike = "bundles/slice_anomaly_detection",
-                    device: str | torch.device = "auto", **kwargs) -> SliceAnomalyDetector:
-        """Load a slice_anomaly_detection bundle's network, weights and calibration (``models/model.pt``)."""
-        network, _ = load_bundle_network(bundle, device)
-        return cls(network, device=device, **kwargs)
 
     @property
     def threshold(self) -> float:
@@ -83,8 +72,7 @@ class SliceAnomalyDetector:
         for start in tqdm(range(0, depth, self.batch_size), desc="detecting", unit="batch", disable=not self.progress):
             chosen = np.arange(start, min(start + self.batch_size, depth))
             # padded as in training: the pooled features behind the novelty score depend on the slice size
-            stacks, _ = pad_to_multiple(slice_stacks(volume01, self.context, chosen), self.multiple)
-            stacks = stacks.to(self.device)
+            stacks, _ = self.padded_stacks(volume01, chosen)
             with torch.autocast("cuda", enabled=self.device.type == "cuda"):
                 probability = self.inferer(stacks, self.network.probability)
             scores[chosen] = probability.float().cpu().numpy()

@@ -8,18 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.inferers import Inferer, SimpleInferer
-from torch import nn
 from tqdm import tqdm
 
-from sgad_med.bundles import load_bundle_network, resolve_device
 from sgad_med.errors import SGADError
 from sgad_med.io import Scan, ScanSource, load_scan, save_scan
+from sgad_med.slice_runner import SliceNetworkRunner
 from sgad_med.transforms.intensity import denormalize, normalize
-from sgad_med.transforms.slices import pad_to_multiple, slice_stacks, unpad
+from sgad_med.transforms.slices import unpad
 
 
-class Harmonizer:
+class Harmonizer(SliceNetworkRunner):
     """Maps a scan to the reference style with a trained :class:`~sgad_med.networks.HarmonizationGenerator`.
 
     The scan is normalized as in training (CT window / MR robust percentiles), cut into 2.5D stacks
@@ -41,22 +39,7 @@ class Harmonizer:
         harmonized = harmonizer(sgad_med.load_scan("sample_data/synthetic_mr.nii.gz"))
     """
 
-    def __init__(self, network: nn.Module, device: str | torch.device = "auto", batch_size: int = 16,
-                 multiple: int = 16, progress: bool = False, inferer: Inferer | None = None) -> None:
-        self.device = resolve_device(device)
-        self.inferer = inferer if inferer is not None else SimpleInferer()
-        self.network = network.to(self.device).eval()
-        self.context = int(getattr(network, "context", 1))
-        self.batch_size = int(batch_size)
-        self.multiple = int(multiple)
-        self.progress = progress
-
-    @classmethod
-    def from_bundle(cls, bundle: str | os.PathLike = "bundles/style_harmonization", device: str | torch.device = "auto",
-                    **kwargs) -> Harmonizer:
-        """Load the generator of a style_harmonization bundle folder (``models/model.pt``)."""
-        network, _ = load_bundle_network(bundle, device)
-        return cls(network, device=device, **kwargs)
+    default_bundle = "bundles/style_harmonization"
 
     @torch.no_grad()
     def harmonize01(self, volume01: torch.Tensor) -> torch.Tensor:
@@ -66,9 +49,9 @@ class Harmonizer:
         starts = range(0, depth, self.batch_size)
         for start in tqdm(starts, desc="harmonizing", unit="batch", disable=not self.progress):
             chosen = np.arange(start, min(start + self.batch_size, depth))
-            stacks, pads = pad_to_multiple(slice_stacks(volume01, self.context, chosen), self.multiple)
+            stacks, pads = self.padded_stacks(volume01, chosen)
             with torch.autocast("cuda", enabled=self.device.type == "cuda"):
-                pred = self.inferer(stacks.to(self.device), self.network)
+                pred = self.inferer(stacks, self.network)
             out[..., chosen] = unpad(pred.float(), pads)[:, 0].clamp(0.0, 1.0).permute(1, 2, 0).cpu()
         return out
 

@@ -11,20 +11,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.inferers import Inferer, SimpleInferer
 from torch import nn
 from tqdm import tqdm
 
-from sgad_med.bundles import load_bundle_network, resolve_device
 from sgad_med.errors import SGADError
 from sgad_med.io import Scan, load_scan, save_scan
+from sgad_med.slice_runner import SliceNetworkRunner
 from sgad_med.transforms.intensity import denormalize, normalize
-from sgad_med.transforms.slices import pad_to_multiple, slice_stacks, unpad
+from sgad_med.transforms.slices import unpad
 
 logger = logging.getLogger(__name__)
 
 
-class SliceRestorer:
+class SliceRestorer(SliceNetworkRunner):
     """Repairs given axial slices of a scan from their neighbours; every other slice is left bit for bit.
 
     Each requested slice is predicted from the stack k-c … k+c of the *input* (neighbours that are themselves
@@ -46,22 +45,11 @@ class SliceRestorer:
         repaired = restorer(scan, slices=[12, 40])
     """
 
-    def __init__(self, network: nn.Module, device: str | torch.device = "auto", batch_size: int = 16,
-                 multiple: int = 16, progress: bool = False, inferer: Inferer | None = None) -> None:
-        self.device = resolve_device(device)
-        self.inferer = inferer if inferer is not None else SimpleInferer()
-        self.network = network.to(self.device).eval()
-        self.context = int(getattr(network, "context", 2))
-        self.batch_size = int(batch_size)
-        self.multiple = int(multiple)
-        self.progress = progress
+    default_bundle = "bundles/slice_restoration"
 
-    @classmethod
-    def from_bundle(cls, bundle: str | os.PathLike = "bundles/slice_restoration",
-                    device: str | torch.device = "auto", **kwargs) -> SliceRestorer:
-        """Load the network of a slice_restoration bundle folder (``models/model.pt``)."""
-        network, _ = load_bundle_network(bundle, device)
-        return cls(network, device=device, **kwargs)
+    def __init__(self, network: nn.Module, **kwargs: Any) -> None:
+        super().__init__(network, **kwargs)
+        self.context = int(getattr(network, "context", 2))
 
     @staticmethod
     def _checked_slices(slices: Sequence[int] | np.ndarray, depth: int) -> np.ndarray:
@@ -81,9 +69,9 @@ class SliceRestorer:
         starts = range(0, len(chosen), self.batch_size)
         for start in tqdm(starts, desc="restoring", unit="batch", disable=not self.progress):
             batch = chosen[start : start + self.batch_size]
-            stacks, pads = pad_to_multiple(slice_stacks(volume01, self.context, batch), self.multiple)
+            stacks, pads = self.padded_stacks(volume01, batch)
             with torch.autocast("cuda", enabled=self.device.type == "cuda"):
-                pred = self.inferer(stacks.to(self.device), self.network)
+                pred = self.inferer(stacks, self.network)
             out[..., batch] = unpad(pred.float(), pads)[:, 0].clamp(0.0, 1.0).permute(1, 2, 0).cpu()
         return out
 

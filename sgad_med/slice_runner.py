@@ -1,0 +1,54 @@
+"""What the harmonizer, the detector and the restorer share: a 2.5D slice network run over scans in batches."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.inferers import Inferer, SimpleInferer
+from torch import nn
+
+from sgad_med.bundles import load_bundle_network, resolve_device
+from sgad_med.transforms.slices import pad_to_multiple, slice_stacks
+
+
+class SliceNetworkRunner:
+    """A trained slice network with its device, batch size, padding, inferer and progress bar.
+
+    Args:
+        network: the network; its ``context`` attribute gives the stack size (k-c … k+c).
+        device: where to run it (``"auto"``: CUDA when present).
+        batch_size: slices per forward pass (memory grows with it, not with the scan).
+        multiple: zero-pad slices to a multiple of this, as in training.
+        progress: show a progress bar over slices.
+        inferer: how the network is called on a batch (MONAI inferer; plain forward by default).
+    """
+
+    #: the bundle :meth:`from_bundle` loads when given none
+    default_bundle = ""
+
+    def __init__(self, network: nn.Module, device: str | torch.device = "auto", batch_size: int = 16,
+                 multiple: int = 16, progress: bool = False, inferer: Inferer | None = None) -> None:
+        self.device = resolve_device(device)
+        self.inferer = inferer if inferer is not None else SimpleInferer()
+        self.network = network.to(self.device).eval()
+        self.context = int(getattr(network, "context", 1))
+        self.batch_size = int(batch_size)
+        self.multiple = int(multiple)
+        self.progress = progress
+
+    @classmethod
+    def from_bundle(cls, bundle: str | os.PathLike | None = None, device: str | torch.device = "auto",
+                    **kwargs: Any) -> SliceNetworkRunner:
+        """Build the bundle's ``network_def`` with its ``models/model.pt`` (see :func:`load_bundle_network`)."""
+        network, _ = load_bundle_network(bundle if bundle is not None else cls.default_bundle, device)
+        return cls(network, device=device, **kwargs)
+
+    def padded_stacks(self, volume01: torch.Tensor, slices: Sequence[int] | np.ndarray
+                      ) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+        """The 2.5D stacks of ``slices`` of a volume ``[H, W, D]``, padded and on the device, and the pads."""
+        stacks, pads = pad_to_multiple(slice_stacks(volume01, self.context, slices), self.multiple)
+        return stacks.to(self.device), pads
