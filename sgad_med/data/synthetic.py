@@ -22,6 +22,11 @@ Train/held-out splits, so that later evaluation is honest:
   saw. Every family (T1, T2, FLAIR, PD, random) exists in both splits with the same tissue orderings, and
   all other parameters (the other tissues, gamma, bias, noise, blur) are drawn from the same ranges in both.
   :func:`style_split` tells which region a style lies in.
+* validation styles (``split="validation"``) lie in the gap between the two, contrast in
+  :data:`VALIDATION_GM_WM_CONTRAST` ([0.125, 0.145]): a little lower than anything trained on, never a held-out
+  style. They exist to judge, on training-pool anatomies, how a choice fares on styles unlike the training ones
+  without looking at the held-out set. Their anatomies come from :data:`TRAIN_ANATOMY_SEEDS` (seeds no
+  training run uses).
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ __all__ = [
     "TISSUES",
     "TRAIN_ANATOMY_SEEDS",
     "TRAIN_MIN_GM_WM_CONTRAST",
+    "VALIDATION_GM_WM_CONTRAST",
     "Anatomy",
     "Style",
     "SyntheticPairDataset",
@@ -68,7 +74,7 @@ TRAIN_ANATOMY_SEEDS = range(0, 1000)
 #: Anatomy seeds to evaluate on; never used for training.
 HELDOUT_ANATOMY_SEEDS = range(10_000, 10_100)
 
-SPLITS: tuple[str, ...] = ("train", "heldout")
+SPLITS: tuple[str, ...] = ("train", "heldout", "validation")
 #: Style families; ``"random"`` draws every tissue intensity uniformly (any ordering).
 FAMILIES: tuple[str, ...] = ("t1", "t2", "flair", "pd", "random")
 _FAMILY_WEIGHTS = (0.3, 0.2, 0.15, 0.1, 0.25)
@@ -77,6 +83,8 @@ _FAMILY_WEIGHTS = (0.3, 0.2, 0.15, 0.1, 0.25)
 TRAIN_MIN_GM_WM_CONTRAST = 0.15
 #: Held-out styles have an effective grey/white-matter contrast in this closed interval.
 HELDOUT_GM_WM_CONTRAST = (0.05, 0.12)
+#: Validation styles have an effective grey/white-matter contrast in this closed interval (between the two).
+VALIDATION_GM_WM_CONTRAST = (0.125, 0.145)
 _TRAIN_MAX_CONTRAST = {"t1": 0.35, "t2": 0.35, "flair": 0.35, "pd": 0.35, "random": 0.7}
 
 GAMMA_RANGE = (0.6, 1.6)
@@ -175,7 +183,8 @@ def style_split(style: Style) -> str | None:
 
     Returns:
         ``"train"`` when its effective GM/WM contrast is >= :data:`TRAIN_MIN_GM_WM_CONTRAST`, ``"heldout"`` when
-        it is within :data:`HELDOUT_GM_WM_CONTRAST`, ``None`` otherwise (the gap between them, or lower).
+        it is within :data:`HELDOUT_GM_WM_CONTRAST`, ``"validation"`` within :data:`VALIDATION_GM_WM_CONTRAST`,
+        ``None`` otherwise.
     """
     contrast = style.gm_wm_contrast()
     tol = 1e-9
@@ -183,6 +192,8 @@ def style_split(style: Style) -> str | None:
         return "train"
     if HELDOUT_GM_WM_CONTRAST[0] - tol <= contrast <= HELDOUT_GM_WM_CONTRAST[1] + tol:
         return "heldout"
+    if VALIDATION_GM_WM_CONTRAST[0] - tol <= contrast <= VALIDATION_GM_WM_CONTRAST[1] + tol:
+        return "validation"
     return None
 
 
@@ -230,8 +241,9 @@ def sample_style(rng: np.random.Generator, family: str | None = None, split: str
     """Draw a random style (domain randomisation).
 
     The tissue intensities are drawn, per family, as they should look after gamma, with the grey/white-matter
-    contrast drawn from the split's region (train: [0.15, 0.35], 0.7 for ``"random"``; held-out:
-    [0.05, 0.12]); the stored means are then ``effective ** (1 / gamma)``. Families: ``"t1"`` (CSF < GM < WM),
+    contrast drawn from the split's region (train: [0.15, 0.35], 0.7 for ``"random"``; validation:
+    [0.125, 0.145]; held-out: [0.05, 0.12]); the stored means are then ``effective ** (1 / gamma)``.
+    Families: ``"t1"`` (CSF < GM < WM),
     ``"t2"`` (WM < GM < CSF), ``"flair"`` (CSF < WM < GM), ``"pd"`` (WM < GM, CSF close to GM), ``"random"``
     (every tissue uniform in [0, 1], any ordering, any background). Then gamma ~ U(0.6, 1.6), bias strength
     ~ U(0, 0.3), Rician noise sigma ~ U(0, 0.05), in-plane blur and slice thickness ~ U(0, 1.5) voxels.
@@ -239,7 +251,8 @@ def sample_style(rng: np.random.Generator, family: str | None = None, split: str
     Args:
         rng: the random generator (the only source of randomness).
         family: one of :data:`FAMILIES`; ``None`` picks one (t1 30 %, t2 20 %, flair 15 %, pd 10 %, random 25 %).
-        split: ``"train"`` or ``"heldout"``; the two never produce the same style (see :func:`style_split`).
+        split: ``"train"``, ``"heldout"`` or ``"validation"``; no two produce the same style (see
+            :func:`style_split`).
 
     Returns:
         The style; ``style_split(style) == split``.
@@ -251,6 +264,8 @@ def sample_style(rng: np.random.Generator, family: str | None = None, split: str
         raise ValueError(f"family must be one of {FAMILIES} or None, got {family!r}")
     if split == "train":
         contrast = rng.uniform(TRAIN_MIN_GM_WM_CONTRAST, _TRAIN_MAX_CONTRAST[family])
+    elif split == "validation":
+        contrast = rng.uniform(*VALIDATION_GM_WM_CONTRAST)
     else:
         contrast = rng.uniform(*HELDOUT_GM_WM_CONTRAST)
     effective = _effective_tissues(rng, family, contrast)
@@ -589,7 +604,7 @@ class SyntheticStyleGenerator:
 
         Args:
             style_seed: non-negative integer.
-            split: ``"train"`` or ``"heldout"``.
+            split: ``"train"``, ``"heldout"`` or ``"validation"``.
             family: one of :data:`FAMILIES`, or ``None`` for a random one.
 
         Returns:
@@ -622,7 +637,7 @@ class SyntheticStyleGenerator:
             anatomy_seed: names the anatomy; must not belong to the other split's seed range
                 (:data:`TRAIN_ANATOMY_SEEDS` / :data:`HELDOUT_ANATOMY_SEEDS`).
             style_seed: names the style within the split.
-            split: ``"train"`` or ``"heldout"``.
+            split: ``"train"``, ``"heldout"`` or ``"validation"``.
             family: restrict the style to one of :data:`FAMILIES`.
 
         Returns:
@@ -632,7 +647,7 @@ class SyntheticStyleGenerator:
         """
         _check_split(split)
         anatomy_seed = _check_seed("anatomy_seed", anatomy_seed)
-        other = HELDOUT_ANATOMY_SEEDS if split == "train" else TRAIN_ANATOMY_SEEDS
+        other = TRAIN_ANATOMY_SEEDS if split == "heldout" else HELDOUT_ANATOMY_SEEDS
         if anatomy_seed in other:
             raise ValueError(
                 f"anatomy seed {anatomy_seed} belongs to the other split than {split!r}: use TRAIN_ANATOMY_SEEDS "

@@ -12,9 +12,11 @@ from sgad_med.data import (
     HELDOUT_ANATOMY_SEEDS,
     HELDOUT_GM_WM_CONTRAST,
     REFERENCE_STYLE,
+    SPLITS,
     TISSUES,
     TRAIN_ANATOMY_SEEDS,
     TRAIN_MIN_GM_WM_CONTRAST,
+    VALIDATION_GM_WM_CONTRAST,
     Anatomy,
     Style,
     SyntheticPairDataset,
@@ -128,25 +130,35 @@ def test_rendered_contrast_orderings(gen, split: str) -> None:
 
 def test_style_splits_are_disjoint() -> None:
     rng = np.random.default_rng(0)
-    seen = {split: set() for split in ("train", "heldout")}
-    for split in ("train", "heldout"):
+    regions = {"heldout": HELDOUT_GM_WM_CONTRAST, "validation": VALIDATION_GM_WM_CONTRAST}
+    seen = {split: set() for split in SPLITS}
+    for split in SPLITS:
         for _ in range(3000):
             style = sample_style(rng, split=split)
             contrast = style.gm_wm_contrast()
             if split == "train":
                 assert contrast >= TRAIN_MIN_GM_WM_CONTRAST - 1e-9
             else:
-                assert HELDOUT_GM_WM_CONTRAST[0] - 1e-9 <= contrast <= HELDOUT_GM_WM_CONTRAST[1] + 1e-9
+                assert regions[split][0] - 1e-9 <= contrast <= regions[split][1] + 1e-9
             assert style_split(style) == split and style.name == f"{style.family}-{split}"
             assert 0.6 <= style.gamma <= 1.6 and 0 <= style.bias_strength <= 0.3
             assert 0 <= style.noise_sigma <= 0.05 and 0 <= style.blur_sigma_inplane <= 1.5
             assert 0 <= style.slice_thickness <= 1.5
             assert all(0.0 <= v <= 1.0 for v in style.means)
             seen[split].add(style.family)
-    assert seen["train"] == seen["heldout"] == set(FAMILIES)  # every family exists in both splits
+    assert seen["train"] == seen["heldout"] == seen["validation"] == set(FAMILIES)  # every family in every split
+    assert HELDOUT_GM_WM_CONTRAST[1] < VALIDATION_GM_WM_CONTRAST[0] < VALIDATION_GM_WM_CONTRAST[1]
+    assert VALIDATION_GM_WM_CONTRAST[1] < TRAIN_MIN_GM_WM_CONTRAST
     assert style_split(REFERENCE_STYLE) == "train"
-    gap = Style("gap", 0.0, 0.2, 0.5, 0.635, 0.4)
+    gap = Style("gap", 0.0, 0.2, 0.5, 0.648, 0.4)
     assert style_split(gap) is None
+
+
+def test_validation_styles_take_training_pool_anatomies_only(gen) -> None:
+    pair = gen.pair(960, style_seed=0, split="validation")
+    assert style_split(pair["style"]) == "validation"
+    with pytest.raises(ValueError, match="other split"):
+        gen.pair(HELDOUT_ANATOMY_SEEDS[0], style_seed=0, split="validation")
 
 
 def test_random_family_produces_every_ordering() -> None:
