@@ -18,6 +18,7 @@ from sgad_med.io import Scan, ScanSource, load_scan
 from sgad_med.io.atomic import atomic_file
 from sgad_med.slice_runner import SliceNetworkRunner
 from sgad_med.transforms.intensity import normalize
+from sgad_med.transforms.slices import foreground_slices
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +38,10 @@ class SliceAnomalyDetector(SliceNetworkRunner):
         batch_size: slices per forward pass.
         threshold: decision threshold in [0, 1]; ``None`` takes the network's stored one.
         progress: show a progress bar over slices.
-        inferer: how the network is called on a batch (MONAI inferer; the network's ``probability`` by default).
+        inferer: how the network's ``evidence`` is called on a batch (MONAI inferer; a plain call by default).
         multiple: zero-pad slices to a multiple of this, as the training slices were.
+        scan_relative: judge the slices of a scan that looks unusual as a whole against its own median slice
+            (the calibrated default); ``False`` scores every slice against clean calibration slices only.
 
     Example::
 
@@ -51,12 +54,13 @@ class SliceAnomalyDetector(SliceNetworkRunner):
 
     def __init__(self, network: nn.Module, device: str | torch.device = "auto", batch_size: int = 32,
                  threshold: float | None = None, progress: bool = False, inferer: Inferer | None = None,
-                 multiple: int = 16) -> None:
+                 multiple: int = 16, scan_relative: bool = True) -> None:
         if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
             raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
         super().__init__(network, device=device, batch_size=batch_size, multiple=multiple, progress=progress,
                          inferer=inferer)
         self._threshold = None if threshold is None else float(threshold)
+        self.scan_relative = scan_relative
 
     @property
     def threshold(self) -> float:
@@ -64,19 +68,33 @@ class SliceAnomalyDetector(SliceNetworkRunner):
         return self._threshold if self._threshold is not None else float(self.network.threshold)
 
     @torch.no_grad()
-    def score01(self, volume01: torch.Tensor | np.ndarray) -> np.ndarray:
-        """Probabilities ``[D]`` for a normalized volume ``[H, W, D]`` in [0, 1] (e.g. a harmonized one)."""
+    def evidence01(self, volume01: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logit [D], novelty [D])`` of every slice of a normalized volume ``[H, W, D]``, on the CPU."""
         volume01 = torch.as_tensor(volume01, dtype=torch.float32)
         depth = volume01.shape[-1]
-        scores = np.empty(depth, dtype=np.float32)
+        logits, novelties = torch.empty(depth), torch.empty(depth)
         for start in tqdm(range(0, depth, self.batch_size), desc="detecting", unit="batch", disable=not self.progress):
-            chosen = np.arange(start, min(start + self.batch_size, depth))
+            chosen = torch.arange(start, min(start + self.batch_size, depth))
             # padded as in training: the pooled features behind the novelty score depend on the slice size
-            stacks, _ = self.padded_stacks(volume01, chosen)
+            stacks, _ = self.padded_stacks(volume01, chosen.numpy())
             with torch.autocast("cuda", enabled=self.device.type == "cuda"):
-                probability = self.inferer(stacks, self.network.probability)
-            scores[chosen] = probability.float().cpu().numpy()
-        return scores
+                logit, novelty = self.inferer(stacks, self.network.evidence)
+            logits[chosen], novelties[chosen] = logit.float().cpu(), novelty.float().cpu()
+        return logits, novelties
+
+    @torch.no_grad()
+    def score01(self, volume01: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Probabilities ``[D]`` for a normalized volume ``[H, W, D]`` in [0, 1] (e.g. a harmonized one).
+
+        With :attr:`scan_relative`, a scan whose slices with anatomy look unusual *as a whole* is judged against
+        its own median slice (see :class:`~sgad_med.networks.SliceAnomalyNet`).
+        """
+        logit, novelty = (e.to(self.device) for e in self.evidence01(volume01))
+        shift = None
+        if self.scan_relative:
+            anatomy = torch.as_tensor(foreground_slices(volume01), device=self.device)
+            shift = self.network.scan_shift(logit[anatomy], novelty[anatomy])
+        return self.network.combine(logit, novelty, shift).cpu().numpy().astype(np.float32)
 
     def score(self, scan: Scan) -> np.ndarray:
         """Per-slice probabilities ``[D]`` in [0, 1] along the last axis of the RAS-oriented scan."""

@@ -45,6 +45,20 @@ def test_threshold_override_and_validation():
         _detector(threshold=1.5)
 
 
+def test_a_scan_that_looks_unusual_throughout_is_judged_against_its_own_median():
+    net = _detector().network
+    n = net.novelty_mean.numel()
+    net.set_calibration(torch.zeros(n), torch.eye(n), 1.0, 0.0, -30.0, 0.5, scan_reference=(-1.0, -100.0))
+    volume = torch.rand(40, 44, 11) * 0.5 + 0.25
+    relative = SliceAnomalyDetector(net, device="cpu").score01(volume)
+    absolute = SliceAnomalyDetector(net, device="cpu", scan_relative=False).score01(volume)
+    logit, _ = SliceAnomalyDetector(net, device="cpu").evidence01(volume)
+    np.testing.assert_allclose(absolute, torch.sigmoid(logit).numpy(), atol=1e-6)
+    # every slice has anatomy, so each slice's evidence drops by the scan's median excess over the reference
+    assert abs(float(logit.median())) < 1.0  # the tiny network's logits lie near 0, above the reference -1
+    np.testing.assert_allclose(relative, torch.sigmoid(logit - (logit.median() + 1.0)).numpy(), atol=1e-6)
+
+
 def test_score_folder_writes_a_csv_per_scan_and_survives_a_bad_one(tmp_path):
     data = tmp_path / "data"
     data.mkdir()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sgad_med.engines.detection import calibrate_bundle_weights, calibrate_detector
+from sgad_med.engines.detection import calibrate_bundle_weights, calibrate_detector, calibrate_scan_reference
 from sgad_med.engines.harmonization import PairedHarmonizationTrainer, UnpairedHarmonizationTrainer
 from sgad_med.engines.restoration import RestorationLoss, prepare_restoration_batch
 
@@ -12,5 +12,6 @@ __all__ = [
     "UnpairedHarmonizationTrainer",
     "calibrate_bundle_weights",
     "calibrate_detector",
+    "calibrate_scan_reference",
     "prepare_restoration_batch",
 ]

@@ -11,6 +11,13 @@ slices (training anatomies the network never trained on, never the evaluation se
 3. Platt scaling of the novelty distance on its own (``scale * d + offset``), so it speaks in logits too;
 4. threshold: the smallest value above which at most ``target_fpr`` of the clean validation slices fall.
 
+Then :func:`calibrate_scan_reference` scores whole clean validation *scans*, as the detector does at inference:
+
+5. scan reference: the median over those scans of each scan's median (classifier, novelty) evidence; a scan
+   above it is judged against its own median (:meth:`~sgad_med.networks.SliceAnomalyNet.scan_shift`);
+6. the threshold again, now for ``target_fpr`` on the slices with anatomy of those scans, scored exactly as
+   :meth:`~sgad_med.detector.SliceAnomalyDetector.score01` scores them.
+
 The result is stored in the network's buffers (:meth:`~sgad_med.networks.SliceAnomalyNet.set_calibration`) and
 saved with its weights by :func:`calibrate_bundle_weights`.
 """
@@ -20,7 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +38,8 @@ from torch import nn
 from sgad_med.evaluation.detection import auroc
 from sgad_med.io.atomic import atomic_file
 
-__all__ = ["collect_evidence", "fit_logistic", "calibrate_detector", "calibrate_bundle_weights"]
+__all__ = ["collect_evidence", "fit_logistic", "calibrate_detector", "calibrate_scan_reference",
+           "calibrate_bundle_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -165,6 +173,83 @@ def calibrate_detector(
     }
 
 
+@torch.no_grad()
+def calibrate_scan_reference(
+    network: nn.Module,
+    volumes: Iterable[Mapping[str, np.ndarray]],
+    target_fpr: float = 0.01,
+    device: str | torch.device = "cpu",
+    harmonizer: Any = None,
+) -> dict[str, Any]:
+    """Fit the scan reference and reset the threshold on whole clean validation scans (steps 5 and 6 above).
+
+    Each scan's shift comes from its slices with anatomy (:func:`~sgad_med.transforms.slices.foreground_slices`),
+    as at inference; the threshold is set on its head slices (the truth), the slices the evaluation counts too.
+    Slices outside the head are left out of the threshold: there the harmonizer may have painted haze into
+    the air, which the detector rightly flags.
+
+    Args:
+        network: a :class:`~sgad_med.networks.SliceAnomalyNet` already through :func:`calibrate_detector`
+            (changed in place: ``scan_reference`` and ``threshold``).
+        volumes: clean validation volumes as dicts with ``volume`` (normalized ``[H, W, D]`` in [0, 1]) and
+            ``head`` (bool ``[D]``), e.g. :func:`sgad_med.evaluation.detection.validation_volumes` (training
+            styles, anatomies the network never trained on).
+        target_fpr: fraction of their head slices allowed at or above the threshold.
+        device: where the network runs.
+        harmonizer: when given (an object with ``harmonize01``), every volume is also scored after harmonization,
+            as the pipeline scores harmonized slices with the same threshold.
+
+    Returns:
+        The reference, the threshold and the false-positive rate on the head slices with and without the shift.
+    """
+    from sgad_med.detector import SliceAnomalyDetector
+    from sgad_med.evaluation.detection import threshold_at_fpr
+    from sgad_med.transforms.slices import foreground_slices
+
+    if not bool(network.calibrated):
+        raise ValueError("calibrate_scan_reference needs a network calibrated by calibrate_detector first")
+    detector = SliceAnomalyDetector(network, device=device)
+    scans = []  # per scored volume: (logit, novelty) of every slice, its slices with anatomy, its head slices
+    for item in volumes:
+        versions = [np.asarray(item["volume"], dtype=np.float32)]
+        if harmonizer is not None:
+            versions.append(np.clip(harmonizer.harmonize01(torch.as_tensor(versions[0])).cpu().numpy(), 0.0, 1.0))
+        head = torch.as_tensor(np.asarray(item["head"], dtype=bool))
+        for version in versions:
+            logit, novelty = (e.to(detector.device) for e in detector.evidence01(version))
+            scans.append((logit, novelty, torch.as_tensor(foreground_slices(version)), head))
+    if len(scans) < 2:
+        raise ValueError("calibrate_scan_reference needs at least two clean validation volumes")
+    medians = torch.stack([
+        network.calibrated_evidence(logit[anatomy], novelty[anatomy]).median(dim=0).values
+        for logit, novelty, anatomy, _ in scans
+    ])
+    reference = medians.median(dim=0).values
+    network.scan_reference.copy_(reference.to(network.scan_reference))
+
+    def head_probabilities(relative: bool) -> np.ndarray:
+        out = []
+        for logit, novelty, anatomy, head in scans:
+            shift = network.scan_shift(logit[anatomy], novelty[anatomy]) if relative else None
+            out.append(network.combine(logit[head], novelty[head], shift))
+        return torch.cat(out).cpu().numpy()
+
+    clean = head_probabilities(relative=True)
+    threshold = np.float32(min(max(threshold_at_fpr(clean, target_fpr), 1e-6), 1.0))
+    if (clean >= threshold).mean() > target_fpr:  # rounded down to float32 onto a clean score: step above it
+        threshold = np.nextafter(threshold, np.float32(np.inf))
+    threshold = float(threshold)
+    network.threshold.fill_(threshold)
+    return {
+        "n_scans": len(scans),
+        "n_head_slices": int(clean.size),
+        "scan_reference": {"classifier": float(reference[0]), "novelty": float(reference[1])},
+        "threshold": threshold,
+        "fpr_at_threshold": float((clean >= threshold).mean()),
+        "fpr_at_threshold_without_shift": float((head_probabilities(relative=False) >= threshold).mean()),
+    }
+
+
 def calibrate_bundle_weights(
     network: nn.Module,
     loader: Iterable[dict[str, torch.Tensor]],
@@ -172,6 +257,8 @@ def calibrate_bundle_weights(
     target_fpr: float = 0.01,
     device: str | torch.device = "cpu",
     report: str | os.PathLike | None = None,
+    volumes: Iterable[Mapping[str, np.ndarray]] | None = None,
+    harmonizer: Any = None,
 ) -> dict[str, Any]:
     """Load the validation-best weights, calibrate them, and save weights + calibration back (atomically).
 
@@ -185,9 +272,13 @@ def calibrate_bundle_weights(
         target_fpr: false-positive rate on clean validation slices at the stored threshold.
         device: where the network runs.
         report: also write the calibration summary as JSON here.
+        volumes: clean validation volumes for :func:`calibrate_scan_reference` (``None``: no scan reference, and
+            the threshold stays the one set on the loader's slices).
+        harmonizer: passed on to :func:`calibrate_scan_reference`.
 
     Returns:
-        The summary of :func:`calibrate_detector`.
+        The summary of :func:`calibrate_detector`, with :func:`calibrate_scan_reference`'s under ``"scans"`` (its
+        threshold replaces the top-level one).
     """
     weights = Path(weights)
     module = network.module if hasattr(network, "module") else network  # unwrap DistributedDataParallel
@@ -196,6 +287,10 @@ def calibrate_bundle_weights(
         state = state["model"]
     module.load_state_dict(state)
     summary = calibrate_detector(module, loader, target_fpr=target_fpr, device=device)
+    if volumes is not None:
+        summary["scans"] = calibrate_scan_reference(module, volumes, target_fpr=target_fpr, device=device,
+                                                    harmonizer=harmonizer)
+        summary["threshold"] = summary["scans"]["threshold"]
     with atomic_file(weights, overwrite=True) as tmp:
         torch.save(module.state_dict(), tmp)
     if report is not None:

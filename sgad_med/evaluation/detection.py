@@ -339,8 +339,9 @@ def validation_volumes(
     seed: int = 0,
     mni_dir: str | os.PathLike | None = None,
     min_foreground: float = 0.1,
+    split: str = "train",
 ) -> list[dict]:
-    """Clean validation volumes: training anatomies in training styles, normalized as at inference.
+    """Clean validation volumes: training-pool anatomies in training styles, normalized as at inference.
 
     Args:
         anatomy_seeds: from ``TRAIN_ANATOMY_SEEDS`` (a held-out seed raises: thresholds are never set on the
@@ -349,6 +350,8 @@ def validation_volumes(
         seed: the generator's global seed.
         mni_dir: folder of the MNI template (``None``: searched).
         min_foreground: head fraction from which a slice counts (see :func:`head_slices`).
+        split: ``"train"`` styles, or ``"validation"`` styles (a little unlike the training ones, see
+            :mod:`sgad_med.data.synthetic`); never ``"heldout"``.
 
     Returns:
         One dict per volume: ``volume`` (float32 ``[H, W, D]`` in [0, 1]), ``head`` (bool ``[D]``),
@@ -358,6 +361,8 @@ def validation_volumes(
     from sgad_med.data.synthetic import HELDOUT_ANATOMY_SEEDS, SyntheticStyleGenerator
     from sgad_med.evaluation.harmonization import head_mask
 
+    if split not in ("train", "validation"):
+        raise ValueError(f"validation volumes come in 'train' or 'validation' styles, got {split!r}")
     seeds = [int(a) for a in anatomy_seeds]
     leaked = [a for a in seeds if a in HELDOUT_ANATOMY_SEEDS]
     if leaked:
@@ -366,7 +371,7 @@ def validation_volumes(
                                         anatomy_cache=1)
     volumes = []
     for i, anatomy_seed in enumerate(seeds):
-        pair = generator.pair(anatomy_seed, style_seed=i, split="train")
+        pair = generator.pair(anatomy_seed, style_seed=i, split=split)
         volumes.append({
             "volume": normalize_mr(pair["source"]),
             "head": head_slices(head_mask(pair["target"]), min_foreground),
@@ -736,8 +741,9 @@ def real_scan_head(volume01: np.ndarray, min_foreground: float = 0.1) -> np.ndar
     """Boolean ``[D]``: the slices of a real volume scored, those whose foreground (``> 0.05``) is at least
     ``min_foreground`` of the slice (a real scan has no truth mask; the foreground comes from the scan itself)."""
     from sgad_med.evaluation.real_scans import FOREGROUND_THRESHOLD
+    from sgad_med.transforms.slices import foreground_slices
 
-    return head_slices(np.asarray(volume01) > FOREGROUND_THRESHOLD, min_foreground)
+    return foreground_slices(volume01, FOREGROUND_THRESHOLD, min_foreground)
 
 
 def corrupt_real_volume(volume01: np.ndarray, kind: str, slices: Sequence[int], severity: float,

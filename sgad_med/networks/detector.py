@@ -9,7 +9,14 @@ One network answers two questions about slice k of a stack (k-c … k+c):
 
 The calibration that turns both into one probability lives in the network's buffers, so that it is saved in
 ``models/model.pt`` with the weights it belongs to: a temperature for the logit, a Platt map for the novelty
-score, and the decision threshold. :func:`sgad_med.engines.detection.calibrate_detector` fits them.
+score, the scan reference and the decision threshold. :func:`sgad_med.engines.detection.calibrate_detector` and
+:func:`~sgad_med.engines.detection.calibrate_scan_reference` fit them.
+
+**Scan reference.** Scans from an unfamiliar scanner can look a little unusual on *every* slice: both kinds of
+evidence then rise on clean slices too, and a threshold set on familiar scans flags many of them. An anomalous
+slice is one that is unlike the rest of its scan, so when the median evidence of a scan's slices lies above the
+median of clean calibration scans (:attr:`scan_reference`), the scan's slices are judged against their own
+median instead (:meth:`scan_shift`). Scans that look familiar are scored exactly as before.
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ class SliceAnomalyNet(nn.Module):
     of a whole slice is exactly what must be seen.
 
     The probability is ``sigmoid(max(logit / temperature, novelty_scale * novelty + novelty_offset))``: either
-    evidence alone can flag a slice. Until :meth:`set_calibration` is called it is ``sigmoid(logit)``.
+    evidence alone can flag a slice; over a whole scan each evidence is first lowered by the scan's
+    :meth:`scan_shift`. Until :meth:`set_calibration` is called it is ``sigmoid(logit)``.
 
     Args:
         context: neighbours on each side; ``in_channels = 2 * context + 1``.
@@ -81,6 +89,13 @@ class SliceAnomalyNet(nn.Module):
         self.register_buffer("novelty_offset", torch.tensor(-30.0))
         self.register_buffer("threshold", torch.tensor(0.5))
         self.register_buffer("calibrated", torch.tensor(False))
+        # median (classifier, novelty) evidence of clean calibration scans; +inf: no scan-relative shift
+        self.register_buffer("scan_reference", torch.full((2,), float("inf")))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # weights calibrated before the scan reference existed: score every scan absolutely, as then
+        state_dict.setdefault(prefix + "scan_reference", torch.full((2,), float("inf")))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def in_channels(self) -> int:
@@ -113,12 +128,38 @@ class SliceAnomalyNet(nn.Module):
         features = self.embed(stack)
         return self.densenet.class_layers.out(features)[:, 0], self.novelty(features)
 
-    def combine(self, logit: torch.Tensor, novelty: torch.Tensor) -> torch.Tensor:
-        """The calibrated probability ``[B]`` from a logit and a novelty score."""
-        classifier = logit / self.temperature
+    def calibrated_evidence(self, logit: torch.Tensor, novelty: torch.Tensor) -> torch.Tensor:
+        """``[B, 2]``: the classifier's and the novelty score's evidence, each as a calibrated logit."""
+        return torch.stack([logit / self.temperature, self.novelty_scale * novelty + self.novelty_offset], dim=-1)
+
+    def scan_shift(self, logit: torch.Tensor, novelty: torch.Tensor, min_slices: int = 5) -> torch.Tensor:
+        """``[2]``: how far a scan's median evidence lies above :attr:`scan_reference` (never below 0).
+
+        Args:
+            logit: classifier logits ``[D]`` of the scan's slices with anatomy in them.
+            novelty: their novelty scores ``[D]``.
+            min_slices: with fewer slices no median is trusted, and the shift is 0.
+        """
+        if not bool(self.calibrated) or logit.numel() < min_slices:
+            return torch.zeros(2, device=logit.device, dtype=logit.dtype)
+        median = self.calibrated_evidence(logit, novelty).median(dim=0).values
+        return (median - self.scan_reference.to(median.dtype)).clamp_min(0.0)
+
+    def combine(self, logit: torch.Tensor, novelty: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
+        """The calibrated probability ``[B]`` from a logit and a novelty score.
+
+        Args:
+            logit: classifier logits ``[B]``.
+            novelty: novelty scores ``[B]``.
+            shift: ``[2]`` subtracted from the (classifier, novelty) evidence: the slices' scan's
+                :meth:`scan_shift`; ``None`` for none.
+        """
         if not bool(self.calibrated):
-            return torch.sigmoid(classifier)
-        return torch.sigmoid(torch.maximum(classifier, self.novelty_scale * novelty + self.novelty_offset))
+            return torch.sigmoid(logit / self.temperature)
+        evidence = self.calibrated_evidence(logit, novelty)
+        if shift is not None:
+            evidence = evidence - shift
+        return torch.sigmoid(evidence.max(dim=-1).values)
 
     def probability(self, stack: torch.Tensor) -> torch.Tensor:
         """Calibrated probability ``[B]`` that the centre slice of each stack is anomalous."""
@@ -133,8 +174,14 @@ class SliceAnomalyNet(nn.Module):
         novelty_scale: float,
         novelty_offset: float,
         threshold: float,
+        scan_reference: Sequence[float] | None = None,
     ) -> None:
-        """Store a fitted calibration in the buffers (see :func:`sgad_med.engines.detection.calibrate_detector`)."""
+        """Store a fitted calibration in the buffers (see :func:`sgad_med.engines.detection.calibrate_detector`).
+
+        ``scan_reference=None`` (no scan-relative shift) unless given.
+        """
+        reference = (float("inf"), float("inf")) if scan_reference is None else scan_reference
+        self.scan_reference.copy_(torch.as_tensor(reference, dtype=self.scan_reference.dtype))
         self.novelty_mean.copy_(novelty_mean)
         self.novelty_precision.copy_(novelty_precision)
         for name, value in (

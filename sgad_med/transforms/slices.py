@@ -49,3 +49,14 @@ def unpad(batch: torch.Tensor, pads: tuple[int, int, int, int]) -> torch.Tensor:
     left, right, top, bottom = pads
     height, width = batch.shape[-2:]
     return batch[..., top : height - bottom, left : width - right]
+
+
+def foreground_slices(volume01: torch.Tensor | np.ndarray, threshold: float = 0.05,
+                      min_fraction: float = 0.1) -> np.ndarray:
+    """Boolean ``[D]``: the slices of a normalized volume ``[H, W, D]`` in which the head or body fills at least
+    ``min_fraction`` of the slice (voxels above ``threshold`` on the [0, 1] scale).
+
+    A real scan has no mask; this is what "the scan's slices with anatomy in them" means without one.
+    """
+    volume = volume01.detach().cpu().numpy() if isinstance(volume01, torch.Tensor) else np.asarray(volume01)
+    return (volume > threshold).mean(axis=(0, 1)) >= min_fraction

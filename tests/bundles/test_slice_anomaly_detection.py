@@ -49,6 +49,9 @@ def test_training_saves_calibrated_weights_the_api_loads(tmp_path):
     summary = json.loads((tmp_path / "models" / "calibration.json").read_text())
     assert summary["target_fpr"] == 0.01 and summary["n_clean"] > 0 and summary["n_corrupted"] > 0
     assert abs(summary["threshold"] - float(weights["threshold"])) < 1e-6
+    # the threshold comes from whole clean calibration scans, scored with the scan reference as at inference
+    assert summary["scans"]["n_scans"] == 3 and summary["scans"]["threshold"] == summary["threshold"]
+    assert torch.isfinite(weights["scan_reference"]).all()
 
     # the API reads the bundle's inference.json network_def with these weights
     bundle = tmp_path / "bundle"

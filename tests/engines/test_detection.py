@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from sgad_med.engines.detection import calibrate_detector, fit_logistic
+from sgad_med.detector import SliceAnomalyDetector
+from sgad_med.engines.detection import calibrate_detector, calibrate_scan_reference, fit_logistic
 from sgad_med.networks import SliceAnomalyNet
 
 
@@ -56,3 +57,35 @@ def test_calibration_refuses_a_set_without_both_classes():
         calibrate_detector(net, only_clean)
     with pytest.raises(ValueError, match="target_fpr"):
         calibrate_detector(net, only_clean, target_fpr=0.0)
+
+
+def _scan(seed: int, depth: int = 12, offset: float = 0.0) -> dict:
+    """A clean synthetic volume: smooth tissue in the middle, air around it; ``offset`` brightens every slice."""
+    rng = np.random.default_rng(seed)
+    volume = np.zeros((32, 32, depth), dtype=np.float32)
+    volume[6:26, 6:26] = 0.4 + offset + 0.1 * rng.random((20, 20, depth), dtype=np.float32)
+    return {"volume": volume, "head": np.ones(depth, dtype=bool)}
+
+
+def test_scan_reference_calibration_sets_the_threshold_on_whole_clean_scans():
+    torch.manual_seed(0)
+    net = SliceAnomalyNet(init_features=4, growth_rate=4, block_config=(1, 1))
+    calibrate_detector(net, list(_batches(4, seed=2)), target_fpr=0.05)
+    summary = calibrate_scan_reference(net, [_scan(s) for s in range(4)], target_fpr=0.05)
+    assert summary["n_scans"] == 4 and summary["n_head_slices"] == 48
+    assert torch.isfinite(net.scan_reference).all()
+    assert abs(float(net.threshold) - summary["threshold"]) < 1e-6
+    assert summary["fpr_at_threshold"] <= 0.05
+    # the stored threshold, used as the detector uses it, keeps the rate on the same scans
+    detector = SliceAnomalyDetector(net, device="cpu")
+    scores = np.concatenate([detector.score01(_scan(s)["volume"]) for s in range(4)])
+    assert (scores >= detector.threshold).mean() <= 0.05
+
+
+def test_scan_reference_calibration_needs_a_calibrated_network_and_two_scans():
+    net = SliceAnomalyNet(init_features=4, growth_rate=4, block_config=(1, 1))
+    with pytest.raises(ValueError, match="calibrate_detector first"):
+        calibrate_scan_reference(net, [_scan(0), _scan(1)])
+    calibrate_detector(net, list(_batches(2, seed=2)))
+    with pytest.raises(ValueError, match="two clean"):
+        calibrate_scan_reference(net, [_scan(0)])

@@ -69,3 +69,40 @@ def test_high_pass_input_adds_the_laplacian_energy_of_every_slice():
     assert inputs[:, 3:, 1:-1, 1:-1].abs().max() == 0  # a flat slice has no high-frequency energy inside
     assert net(torch.rand(2, 3, 40, 44)).shape == (2, 1)
     assert "laplacian" not in net.state_dict(), "the fixed kernel is not a weight"
+
+
+def _calibrated(reference=None) -> SliceAnomalyNet:
+    net = _tiny()
+    n = net.novelty_mean.numel()
+    net.set_calibration(torch.zeros(n), torch.eye(n), temperature=1.0, novelty_scale=1.0, novelty_offset=-5.0,
+                        threshold=0.5, scan_reference=reference)
+    return net
+
+
+def test_scan_shift_is_how_far_the_scans_median_evidence_lies_above_the_reference():
+    net = _calibrated(reference=(-4.0, 2.0))
+    logit = torch.tensor([-1.0, -2.0, -3.0, 5.0, -2.0])  # median -2: 2 above the classifier reference
+    novelty = torch.tensor([1.0, 0.0, 1.5, 9.0, 0.5])  # evidence median 1 - 5: below the novelty reference
+    shift = net.scan_shift(logit, novelty)
+    assert torch.allclose(shift, torch.tensor([2.0, 0.0]))
+    # the scan's outlier slice keeps its lead over the scan; the typical slices drop
+    probability = net.combine(logit, novelty, shift)
+    assert torch.allclose(probability, torch.sigmoid(torch.maximum(logit - 2.0, novelty - 5.0)))
+    assert probability[3] > 0.95 and (probability[[0, 1, 2, 4]] < 0.1).all()
+
+
+def test_no_scan_shift_without_a_reference_too_few_slices_or_calibration():
+    logit, novelty = torch.full((8,), 3.0), torch.full((8,), 3.0)
+    assert torch.equal(_calibrated().scan_shift(logit, novelty), torch.zeros(2))  # reference +inf
+    assert torch.equal(_calibrated((0.0, 0.0)).scan_shift(logit[:3], novelty[:3]), torch.zeros(2))
+    assert torch.equal(_tiny().scan_shift(logit, novelty), torch.zeros(2))
+
+
+def test_weights_saved_before_the_scan_reference_load_without_a_shift():
+    net = _calibrated(reference=(1.0, 1.0))
+    state = net.state_dict()
+    del state["scan_reference"]
+    other = _tiny()
+    other.load_state_dict(state)  # strict: the missing reference is filled in, not an error
+    assert torch.isinf(other.scan_reference).all() and bool(other.calibrated)
+    assert torch.allclose(_calibrated(reference=(2.0, 3.0)).state_dict()["scan_reference"], torch.tensor([2.0, 3.0]))
