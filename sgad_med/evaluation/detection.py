@@ -674,24 +674,13 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100.0 * value:.1f}%"
 
 
-def format_table(results: Mapping[str, Any]) -> str:
-    """One fixed-width table of :func:`evaluate_detection` results: detector and baseline side by side.
-
-    A block per severity: a row per artifact kind (AUROC, AUPRC and sensitivity at the threshold for each
-    method, and whether the first method's AUROC beats the second's: ``yes``, ``no`` or ``tie`` when they differ
-    by less than 0.0005) and a mean row; then the false-positive rates
-    on clean head slices, as they are and after harmonization.
-
-    Args:
-        results: what :func:`evaluate_detection` returned (or its JSON round trip).
-
-    Returns:
-        The table, lines joined by newlines (no trailing newline).
-    """
-    names = list(results["methods"])
+def _kind_table(names: Sequence[str], kinds: Sequence[str], per_kind: Mapping[str, Any],
+                mean: Mapping[str, Any]) -> list[str]:
+    """Header, a row per artifact kind and the mean row: AUROC, AUPRC and sensitivity of each method side by side,
+    and whether the first method's AUROC beats the second's (``yes``, ``no``, or ``tie`` within 0.0005)."""
     short = {"detector": "det", "baseline": "base"}
     labels = [short.get(n, n[:6]) for n in names]
-    kind_width = max([len("mean"), len("artifact kind")] + [len(k) for k in results["kinds"]]) + 2
+    kind_width = max([len("mean"), len("artifact kind")] + [len(k) for k in kinds]) + 2
     columns = [f"AUROC {lab}" for lab in labels] + [f"AUPRC {lab}" for lab in labels]
     columns += [f"sens {lab}" for lab in labels]
     better = len(names) >= 2
@@ -707,6 +696,27 @@ def format_table(results: Mapping[str, Any]) -> str:
             row += f"{'tie' if abs(difference) < 5e-4 else 'yes' if difference > 0 else 'no':>16}"
         return row
 
+    lines = [header, "-" * len(header)]
+    lines += [f"{kind:<{kind_width}}" + cells(per_kind[kind]) for kind in kinds]
+    lines += ["-" * len(header), f"{'mean':<{kind_width}}" + cells(mean)]
+    return lines
+
+
+def format_table(results: Mapping[str, Any]) -> str:
+    """One fixed-width table of :func:`evaluate_detection` results: detector and baseline side by side.
+
+    A block per severity: a row per artifact kind (AUROC, AUPRC and sensitivity at the threshold for each
+    method, and whether the first method's AUROC beats the second's: ``yes``, ``no`` or ``tie`` when they differ
+    by less than 0.0005) and a mean row; then the false-positive rates
+    on clean head slices, as they are and after harmonization.
+
+    Args:
+        results: what :func:`evaluate_detection` returned (or its JSON round trip).
+
+    Returns:
+        The table, lines joined by newlines (no trailing newline).
+    """
+    names = list(results["methods"])
     thresholds = ", ".join(f"{n} {results['thresholds'][n]:.4g}" for n in names)
     lines = []
     for severity in results["severities"]:
@@ -714,12 +724,8 @@ def format_table(results: Mapping[str, Any]) -> str:
         if lines:
             lines.append("")
         lines.append(f"severity {severity}{f' ({name})' if name else ''}; thresholds: {thresholds}")
-        lines += [header, "-" * len(header)]
-        for kind in results["kinds"]:
-            entry = results["per_kind"][kind][severity]
-            lines.append(f"{kind:<{kind_width}}" + cells(entry))
-        lines.append("-" * len(header))
-        lines.append(f"{'mean':<{kind_width}}" + cells(results["mean"][severity]))
+        per_kind = {kind: results["per_kind"][kind][severity] for kind in results["kinds"]}
+        lines += _kind_table(names, results["kinds"], per_kind, results["mean"][severity])
     lines.append("")
     lines.append("false-positive rate on clean head slices at the threshold")
     for key, title in (("clean", "clean input"), ("clean_harmonized", "clean after harmonization")):
@@ -907,33 +913,11 @@ def format_real_scans_table(results: Mapping[str, Any]) -> str:
         The table, lines joined by newlines (no trailing newline).
     """
     names = list(results["methods"])
-    short = {"detector": "det", "baseline": "base"}
-    labels = [short.get(n, n[:6]) for n in names]
     scans = ", ".join(row["name"] for row in results["scans"])
-    kind_width = max([len("mean"), len("artifact kind")] + [len(k) for k in results["kinds"]]) + 2
-    columns = [f"AUROC {lab}" for lab in labels] + [f"AUPRC {lab}" for lab in labels]
-    columns += [f"sens {lab}" for lab in labels]
-    better = len(names) >= 2
-    header = f"{'artifact kind':<{kind_width}}" + "".join(f"{c:>12}" for c in columns)
-    header += f"{names[0] + ' better':>16}" if better else ""
-
-    def cells(entry: Mapping[str, Any]) -> str:
-        row = "".join(f"{entry[n]['auroc']:>12.3f}" for n in names)
-        row += "".join(f"{entry[n]['auprc']:>12.3f}" for n in names)
-        row += "".join(f"{_pct(entry[n]['sensitivity']):>12}" for n in names)
-        if better:
-            difference = entry[names[0]]["auroc"] - entry[names[1]]["auroc"]
-            row += f"{'tie' if abs(difference) < 5e-4 else 'yes' if difference > 0 else 'no':>16}"
-        return row
-
     lines = [f"real scans (no truth): {scans}",
              f"simulated damage at severity {results['severity']}, positives pooled over the scans; "
              "negatives: the scans' slices as they are"]
-    lines += [header, "-" * len(header)]
-    for kind in results["kinds"]:
-        lines.append(f"{kind:<{kind_width}}" + cells(results["per_kind"][kind]))
-    lines.append("-" * len(header))
-    lines.append(f"{'mean':<{kind_width}}" + cells(results["mean"]))
+    lines += _kind_table(names, results["kinds"], results["per_kind"], results["mean"])
     lines.append("")
     lines.append("slices flagged on the real scans as they are (presumed clean: a false-positive rate if they are)")
     width = max(len(row["name"]) for row in results["scans"]) + 2
