@@ -12,7 +12,7 @@ import torch
 from monai.bundle import ConfigWorkflow
 
 from sgad_med.detector import SliceAnomalyDetector
-from tests.bundles.conftest import BUNDLES
+from tests.bundles.conftest import BUNDLES, tiny_training_overrides
 from tests.conftest import SAMPLE_DATA
 
 DETECTION = BUNDLES / "slice_anomaly_detection"
@@ -21,21 +21,9 @@ TINY_NETWORK = {"init_features": 4, "growth_rate": 4, "block_config": [1, 1]}
 
 
 def _tiny(tmp_path: Path) -> dict:
-    return {
-        "bundle_root": str(DETECTION),
-        **TINY_NETWORK,
-        "spacing": 8.0,
-        "train_anatomies": "$range(0, 2)",
-        "val_anatomies": "$range(900, 902)",
-        "calibration_anatomies": "$range(920, 923)",
-        "styles_per_anatomy": 1,
-        "slices_per_volume": 4,
-        "volumes_per_batch": 1,
-        "max_epochs": 1,
-        "harmonized_fraction": 0.0,
-        "output_dir": str(tmp_path / "train_output"),
-        "ckpt_dir": str(tmp_path / "models"),
-    }
+    return tiny_training_overrides(DETECTION, tmp_path, **TINY_NETWORK, val_anatomies="$range(900, 902)",
+                                   calibration_anatomies="$range(920, 923)", slices_per_volume=4,
+                                   harmonized_fraction=0.0)
 
 
 def test_training_saves_calibrated_weights_the_api_loads(tmp_path):

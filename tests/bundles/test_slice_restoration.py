@@ -14,7 +14,7 @@ import torch
 from monai.bundle import ConfigWorkflow
 
 from sgad_med.io import load_scan
-from tests.bundles.conftest import BUNDLES
+from tests.bundles.conftest import BUNDLES, tiny_training_overrides
 from tests.conftest import SAMPLE_DATA
 
 RESTORATION = BUNDLES / "slice_restoration"
@@ -23,20 +23,7 @@ TINY_FEATURES = [4, 4, 8, 8, 16, 4]
 
 
 def tiny_restoration_overrides(tmp_path: Path) -> dict:
-    return {
-        "bundle_root": str(RESTORATION),
-        "features": TINY_FEATURES,
-        "spacing": 8.0,
-        "train_anatomies": "$range(0, 2)",
-        "val_anatomies": "$range(900, 901)",
-        "styles_per_anatomy": 1,
-        "slices_per_volume": 2,
-        "volumes_per_batch": 1,
-        "max_epochs": 1,
-        "amp": False,
-        "output_dir": str(tmp_path / "train_output"),
-        "ckpt_dir": str(tmp_path / "models"),
-    }
+    return tiny_training_overrides(RESTORATION, tmp_path, features=TINY_FEATURES, amp=False)
 
 
 @pytest.fixture
