@@ -35,10 +35,19 @@ class RestorationLoss(nn.Module):
     MONAI's :class:`~monai.losses.SSIMLoss` (data range 1, 7 x 7 window); L1 on the raw prediction keeps a
     gradient where the clamp is flat.
 
+    The optional keep term, ``keep_weight`` · mean(1 − g), charges the gated network
+    (:class:`~sgad_med.networks.SliceRestorationNet`) for every pixel it takes from the neighbours instead of the
+    slice: replacing a damaged pixel still pays (its L1 error is far larger), but where the slice was already right
+    the cheapest answer becomes to keep it, bit for bit. Without it the network learnt to rebuild even clean
+    slices from their neighbours.
+
     Args:
         l1_weight: weight of the mean absolute error.
         ssim_weight: weight of ``1 - SSIM``.
         win_size: SSIM window size (must not exceed the slice's sides).
+        keep_weight: weight of the keep term (0: off).
+        network: the gated network whose last training forward's gate the keep term reads (its ``last_gate``);
+            needed when ``keep_weight > 0``.
 
     Example::
 
@@ -46,18 +55,30 @@ class RestorationLoss(nn.Module):
         value = loss(net(batch["image"]), batch["clean"])
     """
 
-    def __init__(self, l1_weight: float = 1.0, ssim_weight: float = 0.2, win_size: int = 7) -> None:
+    def __init__(self, l1_weight: float = 1.0, ssim_weight: float = 0.2, win_size: int = 7,
+                 keep_weight: float = 0.0, network: nn.Module | None = None) -> None:
         super().__init__()
         if l1_weight < 0 or ssim_weight < 0 or l1_weight + ssim_weight == 0:
             raise ValueError(f"weights must be >= 0 and not both 0, got l1={l1_weight}, ssim={ssim_weight}")
-        self.l1_weight, self.ssim_weight = float(l1_weight), float(ssim_weight)
+        if keep_weight < 0:
+            raise ValueError(f"keep_weight must be >= 0, got {keep_weight}")
+        if keep_weight > 0 and not getattr(network, "gated", False):
+            raise ValueError("keep_weight > 0 needs the gated restoration network whose gate it charges")
+        self.l1_weight, self.ssim_weight, self.keep_weight = float(l1_weight), float(ssim_weight), float(keep_weight)
         self.ssim = SSIMLoss(spatial_dims=2, data_range=1.0, win_size=win_size)
+        # a plain attribute, not a submodule: the loss must not own (or save) the network's weights
+        self.__dict__["network"] = network
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The loss of predictions ``[N, 1, H, W]`` against clean slices of the same shape."""
         loss = self.l1_weight * torch.mean(torch.abs(pred - target))
         if self.ssim_weight:
             loss = loss + self.ssim_weight * self.ssim(pred.float().clamp(0.0, 1.0), target.float())
+        if self.keep_weight:
+            gate = getattr(self.network, "last_gate", None)
+            if gate is None or gate.shape[0] != pred.shape[0]:
+                raise RuntimeError("the keep term needs the network's gate from this batch's training forward")
+            loss = loss + self.keep_weight * torch.mean(1.0 - gate)
         return loss
 
 

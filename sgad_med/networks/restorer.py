@@ -22,11 +22,20 @@ class SliceRestorationNet(nn.Module):
     anatomy undamaged; the residual corrects what neither gives. Without the gate (``gated=False``) the output is
     the damaged slice plus a residual, which has to learn to undo the damage alone.
 
+    With ``gate_residual=True`` the residual corrects the neighbours' estimate only where the gate leaves the slice:
+
+        ``out = g * slice_k + (1 - g) * ((slice_{k-1} + slice_{k+1}) / 2 + r)``,
+
+    so ``g = 1`` returns the slice exactly. With the residual outside the gate, the first weights learnt to
+    rebuild even clean slices from their neighbours (mean ``1 - g`` of 0.96 on clean validation slices), which
+    changes a slice the detector flagged by mistake.
+
     Args:
         context: neighbours on each side; ``in_channels = 2 * context + 1`` (at least 1).
         features: BasicUNet's six feature sizes.
         dropout: dropout probability inside the U-Net.
         gated: combine slice and neighbours through a learned gate (default) or only add a residual.
+        gate_residual: apply the residual only where the gate takes the neighbours (see above).
 
     Example::
 
@@ -40,12 +49,15 @@ class SliceRestorationNet(nn.Module):
         features: Sequence[int] = (16, 16, 32, 64, 128, 16),
         dropout: float = 0.0,
         gated: bool = True,
+        gate_residual: bool = False,
     ) -> None:
         super().__init__()
         if int(context) < 1:
             raise ValueError(f"restoration needs at least one neighbour on each side, got context={context}")
         self.context = int(context)
         self.gated = gated
+        self.gate_residual = gate_residual
+        self.last_gate: torch.Tensor | None = None
         self.unet = BasicUNet(
             spatial_dims=2,
             in_channels=2 * self.context + 1,
@@ -68,4 +80,8 @@ class SliceRestorationNet(nn.Module):
             return centre + out
         neighbours = 0.5 * (stack[:, c - 1 : c] + stack[:, c + 1 : c + 2])
         gate = torch.sigmoid(out[:, :1])
+        # kept for RestorationLoss's keep term during training only (not held on to at inference)
+        self.last_gate = gate if self.training else None
+        if self.gate_residual:
+            return gate * centre + (1.0 - gate) * (neighbours + out[:, 1:])
         return gate * centre + (1.0 - gate) * neighbours + out[:, 1:]

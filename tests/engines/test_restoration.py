@@ -39,6 +39,27 @@ def test_loss_terms_are_weighted():
         RestorationLoss(l1_weight=0.0, ssim_weight=0.0)
 
 
+def test_keep_term_charges_the_pixels_taken_from_the_neighbours():
+    network = SliceRestorationNet(context=2, features=TINY, gate_residual=True).train()
+    stack = torch.rand(2, 5, 32, 32)
+    pred = network(stack)
+    plain = RestorationLoss()(pred, stack[:, 2:3])
+    kept = RestorationLoss(keep_weight=0.5, network=network)(pred, stack[:, 2:3])
+    assert kept.item() == pytest.approx(plain.item() + 0.5 * (1.0 - network.last_gate).mean().item(), rel=1e-5)
+    kept.backward()  # the gate gets the keep term's gradient
+    assert network.unet.final_conv.weight.grad is not None
+    network.eval()
+    network(stack)
+    assert network.last_gate is None  # nothing held on to at inference
+    with pytest.raises(RuntimeError, match="gate"):
+        RestorationLoss(keep_weight=0.5, network=network)(pred, stack[:, 2:3])
+    with pytest.raises(ValueError, match="gated"):
+        RestorationLoss(keep_weight=0.5, network=SliceRestorationNet(context=2, features=TINY, gated=False))
+    with pytest.raises(ValueError, match="keep_weight"):
+        RestorationLoss(keep_weight=-1.0)
+    assert "network" not in dict(RestorationLoss(keep_weight=0.5, network=network).named_children())
+
+
 def test_prepare_batch_feeds_the_damaged_stack_and_the_clean_slice():
     batch = {"image": torch.rand(3, 5, 16, 16), "clean": torch.rand(3, 1, 16, 16), "label": torch.ones(3, 1)}
     image, target = prepare_restoration_batch(batch, torch.device("cpu"))

@@ -41,3 +41,17 @@ def test_ungated_network_is_the_slice_plus_a_residual():
 def test_restoration_needs_neighbours():
     with pytest.raises(ValueError, match="neighbour"):
         SliceRestorationNet(context=0)
+
+
+@pytest.mark.parametrize("gate_residual", [False, True])
+def test_gated_residual_leaves_an_open_gate_exact(gate_residual):
+    net = SliceRestorationNet(context=2, features=TINY, gate_residual=gate_residual)
+    nn.init.zeros_(net.unet.final_conv.weight)
+    with torch.no_grad():
+        net.unet.final_conv.bias.copy_(torch.tensor([30.0, 0.25]))  # gate open, a constant residual
+    stack = torch.rand(2, 5, 32, 32)
+    change = (net(stack) - stack[:, 2:3]).abs().max()
+    if gate_residual:
+        assert change < 1e-6  # the residual is switched off with the neighbours
+    else:
+        assert torch.isclose(change, torch.tensor(0.25), atol=1e-5)
