@@ -13,6 +13,19 @@ from monai.networks.nets import BasicUNet
 from torch import nn
 
 
+def slice_stack_unet(context: int, out_channels: int, features: Sequence[int], dropout: float = 0.0) -> BasicUNet:
+    """The MONAI :class:`~monai.networks.nets.BasicUNet` our slice networks share: ``2 * context + 1`` slices in
+    as channels, resize-then-convolve upsampling (no transposed-convolution checkerboard), instance norm."""
+    return BasicUNet(
+        spatial_dims=2,
+        in_channels=2 * int(context) + 1,
+        out_channels=out_channels,
+        features=tuple(features),
+        dropout=dropout,
+        upsample="nontrainable",
+    )
+
+
 class ResidualSliceUNet(nn.Module):
     """Maps a 2.5D stack of normalized slices (k-c … k+c) to a new slice k: the centre slice plus a residual.
 
@@ -47,14 +60,7 @@ class ResidualSliceUNet(nn.Module):
         super().__init__()
         self.context = int(context)
         self.residual = residual
-        self.unet = BasicUNet(
-            spatial_dims=2,
-            in_channels=2 * self.context + 1,
-            out_channels=1,
-            features=tuple(features),
-            dropout=dropout,
-            upsample="nontrainable",
-        )
+        self.unet = slice_stack_unet(self.context, 1, features, dropout)
 
     @property
     def in_channels(self) -> int:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from monai.networks.nets import BasicUNet
 from torch import nn
+
+from sgad_med.networks.residual_unet import slice_stack_unet
 
 
 class SliceRestorationNet(nn.Module):
@@ -58,14 +59,7 @@ class SliceRestorationNet(nn.Module):
         self.gated = gated
         self.gate_residual = gate_residual
         self.last_gate: torch.Tensor | None = None
-        self.unet = BasicUNet(
-            spatial_dims=2,
-            in_channels=2 * self.context + 1,
-            out_channels=2 if gated else 1,
-            features=tuple(features),
-            dropout=dropout,
-            upsample="nontrainable",
-        )
+        self.unet = slice_stack_unet(self.context, 2 if gated else 1, features, dropout)
 
     @property
     def in_channels(self) -> int:
