@@ -117,6 +117,7 @@ def evaluate_pipeline(
 
     found: dict[str, list[int]] = {kind: [] for kind in kinds}
     clean_flags: list[int] = []
+    beside_flags: list[int] = []  # the clean head slices next to a damaged one (they share its 2.5D stacks)
     clean_by_gan = 0
     errors: dict[str, list[float]] = {"harmonized, not restored": [], "sgad-med pipeline": [],
                                       "neighbour mean (perfect detection)": []}
@@ -150,7 +151,12 @@ def evaluate_pipeline(
             errors["neighbour mean (perfect detection)"].append(_mae(neighbours, truth01[..., k]))
         clean = np.asarray(case["head"], dtype=bool).copy()
         clean[list(kind_of)] = False
+        beside = np.zeros_like(clean)
+        for k in kind_of:
+            beside[max(k - 1, 0) : k + 2] = True
+        beside &= clean
         clean_flags += [int(f) for f in result.flagged[clean]]
+        beside_flags += [int(f) for f in result.flagged[beside]]
         clean_by_gan += sum(result.cause[k] == "harmonization" for k in np.flatnonzero(clean & result.flagged))
         keep = ~result.restored
         unchanged &= bool(np.array_equal(result.corrected.image.numpy()[..., keep],
@@ -167,6 +173,8 @@ def evaluate_pipeline(
             "n_corrupted": len(all_found),
             "clean_flagged": _mean(clean_flags),
             "n_clean": len(clean_flags),
+            "clean_flagged_beside_damage": int(sum(beside_flags)),
+            "n_clean_beside_damage": len(beside_flags),
             "clean_flagged_blamed_on_harmonization": int(clean_by_gan),
         },
         "restoration": {name: _mean(values) for name, values in errors.items()},
@@ -189,6 +197,13 @@ def format_table(results: dict[str, Any]) -> str:
         lines.append(f"  {kind:<16} {_pct(rate)}")
     lines.append(f"clean head slices flagged: {_pct(detection['clean_flagged'])} of {detection['n_clean']} "
                  f"({detection['clean_flagged_blamed_on_harmonization']} blamed on harmonization)")
+    if "clean_flagged_beside_damage" in detection:
+        beside, n_beside = detection["clean_flagged_beside_damage"], detection["n_clean_beside_damage"]
+        elsewhere = round(detection["clean_flagged"] * detection["n_clean"]) - beside
+        n_elsewhere = detection["n_clean"] - n_beside
+        lines.append(f"  next to a damaged slice   {beside} of {n_beside}")
+        lines.append(f"  elsewhere                 {elsewhere} of {n_elsewhere} "
+                     f"({_pct(elsewhere / n_elsewhere if n_elsewhere else None)})")
     lines.append("mean absolute error to the truth on the corrupted slices (normalized units):")
     for name, value in results["restoration"].items():
         lines.append(f"  {name:<36} {'-' if value is None else f'{value:.4f}'}")

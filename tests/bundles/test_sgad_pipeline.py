@@ -66,7 +66,11 @@ def test_evaluate_pipeline_runs_the_bundle_evaluation(tmp_path, capsys):
                  "--set", "device=cpu", "--set", "slices_per_volume=2", "--set", f"dataset_dir={SAMPLE_DATA / 'mni'}"])
     assert code == 0
     results = json.loads((tmp_path / "eval" / "pipeline_evaluation.json").read_text())
-    assert results["detection"]["corrupted_flagged"] == 1.0, "threshold 0 flags every slice"
+    detection = results["detection"]
+    assert detection["corrupted_flagged"] == 1.0, "threshold 0 flags every slice"
+    # every clean head slice is flagged too; those beside a damaged slice are counted apart
+    assert detection["clean_flagged"] == 1.0
+    assert 0 < detection["clean_flagged_beside_damage"] == detection["n_clean_beside_damage"] < detection["n_clean"]
     assert results["unchanged_elsewhere"] is True
     assert set(results["restoration"]) == {"harmonized, not restored", "sgad-med pipeline",
                                            "neighbour mean (perfect detection)"}
