@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-__all__ = ["heldout_pairs", "normalize_mr"]
+__all__ = ["heldout_pairs", "normalize_mr", "synthetic_pairs"]
 
 
 def normalize_mr(volume: np.ndarray) -> np.ndarray:
@@ -33,16 +33,33 @@ def heldout_pairs(
     Raises:
         ValueError: ``n_anatomies`` outside the held-out seeds, or ``styles_per_anatomy`` below 1.
     """
-    from sgad_med.data.mni import load_mni_template
-    from sgad_med.data.synthetic import HELDOUT_ANATOMY_SEEDS, SyntheticStyleGenerator
+    from sgad_med.data.synthetic import HELDOUT_ANATOMY_SEEDS
 
     if not 1 <= n_anatomies <= len(HELDOUT_ANATOMY_SEEDS):
         raise ValueError(f"n_anatomies must be in [1, {len(HELDOUT_ANATOMY_SEEDS)}], got {n_anatomies}")
+    yield from synthetic_pairs(HELDOUT_ANATOMY_SEEDS[:n_anatomies], "heldout", styles_per_anatomy, spacing, seed,
+                               mni_dir)
+
+
+def synthetic_pairs(
+    anatomy_seeds: Sequence[int],
+    split: str,
+    styles_per_anatomy: int = 1,
+    spacing: float = 2.0,
+    seed: int = 0,
+    mni_dir: str | os.PathLike | None = None,
+) -> Iterator[dict]:
+    """Pairs of the given anatomies in ``split`` styles; the ``a``-th anatomy gets style seeds
+    ``a * styles_per_anatomy + s``. :func:`heldout_pairs` is this on the held-out anatomies and styles; with
+    training-pool anatomies no training run uses and ``split="validation"`` it makes a validation set built the
+    same way (the generator refuses anatomy seeds of the wrong split)."""
+    from sgad_med.data.mni import load_mni_template
+    from sgad_med.data.synthetic import SyntheticStyleGenerator
+
     if styles_per_anatomy < 1:
         raise ValueError(f"styles_per_anatomy must be >= 1, got {styles_per_anatomy}")
     generator = SyntheticStyleGenerator(template=load_mni_template(mni_dir, spacing=spacing), seed=seed,
                                         anatomy_cache=1)
-    for a in range(n_anatomies):
+    for a, anatomy_seed in enumerate(anatomy_seeds):
         for s in range(styles_per_anatomy):
-            yield generator.pair(int(HELDOUT_ANATOMY_SEEDS[a]), style_seed=a * styles_per_anatomy + s,
-                                 split="heldout")
+            yield generator.pair(int(anatomy_seed), style_seed=a * styles_per_anatomy + s, split=split)

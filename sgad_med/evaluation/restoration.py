@@ -51,7 +51,7 @@ from scipy import ndimage
 from skimage.restoration import denoise_nl_means, denoise_tv_chambolle, inpaint_biharmonic
 from tqdm import tqdm
 
-from sgad_med.evaluation.heldout import heldout_pairs
+from sgad_med.evaluation.heldout import heldout_pairs, synthetic_pairs
 from sgad_med.evaluation.metrics import mae, psnr, ssim_map
 from sgad_med.transforms.artifacts import ARTIFACT_KINDS, ARTIFACTS
 
@@ -241,6 +241,8 @@ def restoration_cases(
     seed: int = 0,
     mni_dir: str | os.PathLike | None = None,
     min_foreground: float = 0.2,
+    anatomy_seeds: Sequence[int] | None = None,
+    split: str = "heldout",
 ) -> list[dict]:
     """Clean held-out slices with their neighbours: held-out anatomies in held-out styles.
 
@@ -257,6 +259,9 @@ def restoration_cases(
         seed: the generator's seed and the slice draw's.
         mni_dir: folder of the MNI template (``None``: searched).
         min_foreground: smallest head fraction of a slice drawn.
+        anatomy_seeds: other anatomies instead (with ``split``): e.g. training-pool seeds no training run uses in
+            ``"validation"`` styles, to compare weights without the held-out set.
+        split: the styles' split when ``anatomy_seeds`` is given.
 
     Returns:
         One dict per slice: ``stack`` float32 ``[2c+1, H, W]`` (clean), ``mask`` bool ``[H, W]`` (head, from the
@@ -270,7 +275,10 @@ def restoration_cases(
     if styles_per_anatomy < 1 or slices_per_volume < 1 or context < 1:
         raise ValueError("styles_per_anatomy, slices_per_volume and context must be >= 1")
     cases = []
-    for pair in heldout_pairs(n_anatomies, styles_per_anatomy, spacing=spacing, seed=seed, mni_dir=mni_dir):
+    pairs = (heldout_pairs(n_anatomies, styles_per_anatomy, spacing=spacing, seed=seed, mni_dir=mni_dir)
+             if anatomy_seeds is None else
+             synthetic_pairs(anatomy_seeds, split, styles_per_anatomy, spacing=spacing, seed=seed, mni_dir=mni_dir))
+    for pair in pairs:
         anatomy_seed, style_seed = pair["anatomy_seed"], pair["style_seed"]
         volume01 = np.asarray(normalize(pair["source"][None], modality="MR")[0])[0].astype(np.float32)
         mask = head_mask(pair["target"])

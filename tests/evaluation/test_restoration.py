@@ -151,6 +151,16 @@ def test_held_out_cases_are_held_out_anatomies_in_held_out_styles():
     assert stack.min() >= 0 and stack.max() <= 1
 
 
+def test_validation_cases_come_from_other_anatomies_and_styles_built_the_same_way():
+    cases = restoration_cases(slices_per_volume=2, spacing=8.0, mni_dir=SAMPLE_DATA / "mni",
+                              anatomy_seeds=[960, 961], split="validation")
+    assert [c["anatomy_seed"] for c in cases] == [960, 960, 961, 961]
+    assert all(c["style"].endswith("-validation") for c in cases)
+    with pytest.raises(ValueError, match="other split"):  # never a held-out anatomy outside the held-out split
+        restoration_cases(slices_per_volume=1, spacing=8.0, mni_dir=SAMPLE_DATA / "mni", anatomy_seeds=[10_000],
+                          split="validation")
+
+
 # ------------------------------------------------------------------------------------------------------- real scans
 
 

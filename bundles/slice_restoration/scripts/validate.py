@@ -1,10 +1,14 @@
-"""Compare restoration weights on train.json's validation set: PSNR and SSIM on every item, MAE on the clean ones.
+"""Compare restoration weights on validation data; never touches the evaluation set.
 
-The clean-item MAE is the "do no harm" figure (a slice that was fine, restored anyway), which the PSNR over mixed
-items hides. Used to choose between weights before the evaluation is run; never touches the evaluation set.
+Default: train.json's validation set: PSNR and SSIM on every item, MAE on the clean ones (the "do no harm"
+figure, a slice that was fine restored anyway, which the PSNR over mixed items hides).
+
+``--protocol bar``: the evaluation's protocol and quality bar (every kind at severity 0.5 against the classical
+methods, and the clean-slice check), on training-pool anatomies 960-969 that no training run uses, in
+``--split`` styles (``validation``: grey/white-matter contrast just below every training style; ``train``).
 
     python bundles/slice_restoration/scripts/validate.py bundles/slice_restoration/models/model.pt \\
-        other/model.pt:gate_residual=True [--corrupt_fraction 0.85]
+        other/model.pt:gate_residual=True [--corrupt_fraction 0.85] [--protocol bar --split validation]
 """
 
 from __future__ import annotations
@@ -25,7 +29,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("weights", nargs="+", help="weights file, optionally ':gate_residual=True'")
     parser.add_argument("--corrupt_fraction", type=float, default=None, help="override train.json's value")
+    parser.add_argument("--protocol", choices=("validation_set", "bar"), default="validation_set")
+    parser.add_argument("--split", choices=("validation", "train"), default="validation")
     args = parser.parse_args()
+    if args.protocol == "bar":
+        return bar_on_validation_anatomies(args.weights, args.split)
     config = ConfigParser()
     config.read_config(str(BUNDLE / "configs" / "train.json"))
     config["bundle_root"] = str(BUNDLE)
@@ -55,6 +63,44 @@ def main() -> None:
                 items += len(pred)
         print(f"{spec:<60} {float(psnr.aggregate()):7.2f} {float(ssim.aggregate()):6.3f} "
               f"{clean_error / max(clean_items, 1):9.4f} {items:>6} {clean_items:>6}")
+
+
+def load(spec: str) -> torch.nn.Module:
+    """The bundle's network with the weights of ``path[:gate_residual=True]``, in eval mode."""
+    from sgad_med.networks import SliceRestorationNet
+
+    path, _, option = spec.partition(":")
+    config = ConfigParser()
+    config.read_config(str(BUNDLE / "configs" / "inference.json"))
+    network = SliceRestorationNet(context=config["context"], features=config["features"],
+                                  gate_residual=option == "gate_residual=True")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    network.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+    return network.eval()
+
+
+def bar_on_validation_anatomies(weights: list[str], split: str) -> None:
+    from sgad_med.evaluation.restoration import (
+        evaluate_restoration,
+        network_method,
+        quality_bar,
+        restoration_cases,
+    )
+    from sgad_med.restorer import SliceRestorer
+
+    cases = restoration_cases(slices_per_volume=3, anatomy_seeds=range(960, 970), split=split)
+    print(f"anatomies 960-969 in {split} styles, {len(cases)} slices, severity 0.5")
+    print(f"{'weights':<60} {'PSNR':>6} {'gain':>6} {'kinds +2 dB':>11} {'kinds SSIM':>10} {'clean MAE':>9}")
+    for spec in weights:
+        restorer = SliceRestorer(load(spec), device="cpu")
+        results = evaluate_restoration(cases, network_method(restorer), severities=[0.5])
+        bar = quality_bar(results)
+        n_kinds = len(bar["psnr_margin_over_best_classical_db"]["per_kind"])
+        psnr_ok = n_kinds - len(bar["psnr_margin_over_best_classical_db"]["failing"])
+        ssim_ok = n_kinds - len(bar["ssim_margin_over_best_classical"]["failing"])
+        print(f"{spec:<60} {results['severities']['0.5']['mean']['network']['psnr_mask']:6.2f} "
+              f"{bar['psnr_gain_over_corrupted_db']['value']:6.2f} {psnr_ok:>8}/{n_kinds} {ssim_ok:>7}/{n_kinds} "
+              f"{bar['clean_slice_mae']['value']:9.4f}")
 
 
 if __name__ == "__main__":
