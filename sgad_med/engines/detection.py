@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sgad_med.evaluation.detection import auroc
+from sgad_med.evaluation.detection import auroc, threshold_at_fpr
 from sgad_med.io.atomic import atomic_file
 
 __all__ = ["collect_evidence", "fit_logistic", "calibrate_detector", "calibrate_scan_reference",
@@ -98,6 +98,18 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, scale: bool = True, bias: bool = 
 
 
 
+def stored_threshold(clean_probabilities: np.ndarray, target_fpr: float) -> float:
+    """The lowest threshold flagging at most ``target_fpr`` of clean probabilities, as the float32 buffer stores it.
+
+    :func:`~sgad_med.evaluation.detection.threshold_at_fpr`, kept inside (0, 1] and rounded *up* to float32 where
+    rounding down would land on a clean score and flag it.
+    """
+    threshold = np.float32(min(max(threshold_at_fpr(clean_probabilities, target_fpr), 1e-6), 1.0))
+    if (np.asarray(clean_probabilities) >= threshold).mean() > target_fpr:
+        threshold = np.nextafter(threshold, np.float32(np.inf))
+    return float(threshold)
+
+
 @torch.no_grad()
 def calibrate_detector(
     network: nn.Module,
@@ -147,11 +159,7 @@ def calibrate_detector(
                             temperature, novelty_scale, novelty_offset, 0.5)
     probability = network.combine(torch.as_tensor(logit, device=device), torch.as_tensor(novelty, device=device))
     probability = probability.cpu().numpy()
-    # the smallest threshold with at most target_fpr of the clean slices at or above it
-    clean_sorted = np.sort(probability[clean])[::-1]
-    allowed = int(np.floor(target_fpr * len(clean_sorted)))
-    threshold = float(np.nextafter(clean_sorted[allowed], 1.0)) if allowed < len(clean_sorted) else 0.0
-    threshold = min(max(threshold, 1e-6), 1.0)
+    threshold = stored_threshold(probability[clean], target_fpr)
     network.set_calibration(torch.as_tensor(mean, **as_buffer), torch.as_tensor(precision, **as_buffer),
                             temperature, novelty_scale, novelty_offset, threshold)
     flagged = probability >= threshold
@@ -203,7 +211,6 @@ def calibrate_scan_reference(
         The reference, the threshold and the false-positive rate on the head slices with and without the shift.
     """
     from sgad_med.detector import SliceAnomalyDetector
-    from sgad_med.evaluation.detection import threshold_at_fpr
     from sgad_med.transforms.slices import foreground_slices
 
     if not bool(network.calibrated):
@@ -235,10 +242,7 @@ def calibrate_scan_reference(
         return torch.cat(out).cpu().numpy()
 
     clean = head_probabilities(relative=True)
-    threshold = np.float32(min(max(threshold_at_fpr(clean, target_fpr), 1e-6), 1.0))
-    if (clean >= threshold).mean() > target_fpr:  # rounded down to float32 onto a clean score: step above it
-        threshold = np.nextafter(threshold, np.float32(np.inf))
-    threshold = float(threshold)
+    threshold = stored_threshold(clean, target_fpr)
     network.threshold.fill_(threshold)
     return {
         "n_scans": len(scans),

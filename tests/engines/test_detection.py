@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sgad_med.detector import SliceAnomalyDetector
-from sgad_med.engines.detection import calibrate_detector, calibrate_scan_reference, fit_logistic
+from sgad_med.engines.detection import calibrate_detector, calibrate_scan_reference, fit_logistic, stored_threshold
 from sgad_med.networks import SliceAnomalyNet
 
 
@@ -89,3 +89,14 @@ def test_scan_reference_calibration_needs_a_calibrated_network_and_two_scans():
     calibrate_detector(net, list(_batches(2, seed=2)))
     with pytest.raises(ValueError, match="two clean"):
         calibrate_scan_reference(net, [_scan(0)])
+
+
+def test_stored_threshold_keeps_the_rate_after_float32_rounding():
+    # 1 % of 100 may be flagged: the 0.5. Just above 0.25 in float64 is 0.25 itself in float32, which would flag
+    # the clean 0.25 too unless the stored threshold steps up.
+    clean = np.concatenate([[0.5, 0.25], np.linspace(0.0, 0.2, 98)])
+    threshold = stored_threshold(clean, 0.01)
+    stored = float(torch.tensor(threshold, dtype=torch.float32))
+    assert stored == threshold  # what the buffer holds is what was computed
+    assert (clean >= stored).mean() <= 0.01
+    assert 0.0 < stored <= 1.0
