@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sgad_med.evaluation.detection import auroc, threshold_at_fpr
+from sgad_med.evaluation.detection import auroc, harmonized01, threshold_at_fpr
 from sgad_med.io.atomic import atomic_file
 
 __all__ = ["collect_evidence", "fit_logistic", "calibrate_detector", "calibrate_scan_reference",
@@ -220,7 +220,7 @@ def calibrate_scan_reference(
     for item in volumes:
         versions = [np.asarray(item["volume"], dtype=np.float32)]
         if harmonizer is not None:
-            versions.append(np.clip(harmonizer.harmonize01(torch.as_tensor(versions[0])).cpu().numpy(), 0.0, 1.0))
+            versions.append(harmonized01(harmonizer, versions[0]))
         head = torch.as_tensor(np.asarray(item["head"], dtype=bool))
         for version in versions:
             logit, novelty = (e.to(detector.device) for e in detector.evidence01(version))

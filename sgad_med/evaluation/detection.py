@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from sgad_med.evaluation.heldout import heldout_pairs, normalize_mr
+from sgad_med.evaluation.heldout import heldout_pairs, normalize_mr, synthetic_pairs
 
 __all__ = [
     "BASELINE_FEATURES",
@@ -325,7 +325,8 @@ def head_slices(mask: np.ndarray, min_foreground: float = 0.1) -> np.ndarray:
     return np.asarray(mask, dtype=bool).mean(axis=(0, 1)) >= min_foreground
 
 
-def _harmonize(harmonizer: Any, volume01: np.ndarray) -> np.ndarray:
+def harmonized01(harmonizer: Any, volume01: np.ndarray) -> np.ndarray:
+    """A normalized volume ``[H, W, D]`` through ``harmonizer.harmonize01``, as float32 numpy clipped to [0, 1]."""
     import torch
 
     out = harmonizer.harmonize01(torch.as_tensor(np.asarray(volume01, dtype=np.float32)))
@@ -357,8 +358,7 @@ def validation_volumes(
         One dict per volume: ``volume`` (float32 ``[H, W, D]`` in [0, 1]), ``head`` (bool ``[D]``),
         ``anatomy_seed``, ``style``.
     """
-    from sgad_med.data.mni import load_mni_template
-    from sgad_med.data.synthetic import HELDOUT_ANATOMY_SEEDS, SyntheticStyleGenerator
+    from sgad_med.data.synthetic import HELDOUT_ANATOMY_SEEDS
     from sgad_med.evaluation.harmonization import head_mask
 
     if split not in ("train", "validation"):
@@ -367,15 +367,12 @@ def validation_volumes(
     leaked = [a for a in seeds if a in HELDOUT_ANATOMY_SEEDS]
     if leaked:
         raise ValueError(f"validation anatomies {leaked} are held-out evaluation anatomies; use TRAIN_ANATOMY_SEEDS")
-    generator = SyntheticStyleGenerator(template=load_mni_template(mni_dir, spacing=spacing), seed=seed,
-                                        anatomy_cache=1)
     volumes = []
-    for i, anatomy_seed in enumerate(seeds):
-        pair = generator.pair(anatomy_seed, style_seed=i, split=split)
+    for pair in synthetic_pairs(seeds, split, spacing=spacing, seed=seed, mni_dir=mni_dir):
         volumes.append({
             "volume": normalize_mr(pair["source"]),
             "head": head_slices(head_mask(pair["target"]), min_foreground),
-            "anatomy_seed": anatomy_seed,
+            "anatomy_seed": pair["anatomy_seed"],
             "style": pair["style"].name,
         })
     return volumes
@@ -424,7 +421,7 @@ class ClassicalBaseline:
             head = np.asarray(item["head"], dtype=bool)
             clean.append(self.score01(item["volume"])[head])
             if harmonizer is not None:
-                clean.append(self.score01(_harmonize(harmonizer, item["volume"]))[head])
+                clean.append(self.score01(harmonized01(harmonizer, item["volume"]))[head])
         scores = np.concatenate(clean)
         self.threshold = threshold_at_fpr(scores, fpr)
         self.validation_anatomy_seeds = sorted({int(item["anatomy_seed"]) for item in volumes})
@@ -598,7 +595,7 @@ def evaluate_detection(
             clean[name].append(scores[name][head])
         bar.update()
         if harmonizer is not None:
-            scores = score_all(_harmonize(harmonizer, volume))
+            scores = score_all(harmonized01(harmonizer, volume))
             for name in names:
                 harmonized[name].append(scores[name][head])
             bar.update()
