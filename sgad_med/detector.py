@@ -18,6 +18,7 @@ from sgad_med.io import Scan, ScanSource, load_scan
 from sgad_med.io.atomic import atomic_file
 from sgad_med.slice_runner import SliceNetworkRunner
 from sgad_med.transforms.intensity import normalize
+from sgad_med.transforms.slice_statistics import classical_slice_scores
 from sgad_med.transforms.slices import foreground_slices
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,9 @@ class SliceAnomalyDetector(SliceNetworkRunner):
         multiple: zero-pad slices to a multiple of this, as the training slices were.
         scan_relative: judge the slices of a scan that looks unusual as a whole against its own median slice
             (the calibrated default); ``False`` scores every slice against clean calibration slices only.
+        neighbour_statistics: add the calibrated neighbour evidence (image statistics of each slice against five
+            slices on each side) to scans as they arrive, when the weights carry its calibration; ``False``
+            leaves it out. It never applies to harmonized volumes (see :meth:`score01`).
 
     Example::
 
@@ -54,13 +58,14 @@ class SliceAnomalyDetector(SliceNetworkRunner):
 
     def __init__(self, network: nn.Module, device: str | torch.device = "auto", batch_size: int = 32,
                  threshold: float | None = None, progress: bool = False, inferer: Inferer | None = None,
-                 multiple: int = 16, scan_relative: bool = True) -> None:
+                 multiple: int = 16, scan_relative: bool = True, neighbour_statistics: bool = True) -> None:
         if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
             raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
         super().__init__(network, device=device, batch_size=batch_size, multiple=multiple, progress=progress,
                          inferer=inferer)
         self._threshold = None if threshold is None else float(threshold)
         self.scan_relative = scan_relative
+        self.neighbour_statistics = neighbour_statistics
 
     @property
     def threshold(self) -> float:
@@ -83,18 +88,30 @@ class SliceAnomalyDetector(SliceNetworkRunner):
         return logits, novelties
 
     @torch.no_grad()
-    def score01(self, volume01: torch.Tensor | np.ndarray) -> np.ndarray:
-        """Probabilities ``[D]`` for a normalized volume ``[H, W, D]`` in [0, 1] (e.g. a harmonized one).
+    def score01(self, volume01: torch.Tensor | np.ndarray, harmonized: bool = False) -> np.ndarray:
+        """Probabilities ``[D]`` for a normalized volume ``[H, W, D]`` in [0, 1].
 
         With :attr:`scan_relative`, a scan whose slices with anatomy look unusual *as a whole* is judged against
-        its own median slice (see :class:`~sgad_med.networks.SliceAnomalyNet`).
+        its own median slice; with :attr:`neighbour_statistics`, the neighbour evidence joins in (see
+        :class:`~sgad_med.networks.SliceAnomalyNet`), unless ``harmonized``.
+
+        Args:
+            volume01: the volume, slice axis last.
+            harmonized: the volume is the harmonizer's output. The harmonizer treats slices one by one, and clean
+                harmonized slices differ from their neighbours in intensity statistics far more than scanned ones
+                (on clean calibration scans the 99.75th percentile of the neighbour score is ~10,000 harmonized,
+                ~9 as scanned), so the neighbour evidence is left out; the network, trained on harmonized slices
+                too, judges them alone.
         """
         logit, novelty = (e.to(self.device) for e in self.evidence01(volume01))
-        shift = None
+        shift = neighbour = None
         if self.scan_relative:
             anatomy = torch.as_tensor(foreground_slices(volume01), device=self.device)
             shift = self.network.scan_shift(logit[anatomy], novelty[anatomy])
-        return self.network.combine(logit, novelty, shift).cpu().numpy().astype(np.float32)
+        if self.neighbour_statistics and not harmonized and self.network.uses_neighbour_evidence:
+            neighbour = torch.as_tensor(classical_slice_scores(np.asarray(volume01, dtype=np.float32)),
+                                        dtype=torch.float32, device=self.device)
+        return self.network.combine(logit, novelty, shift, neighbour).cpu().numpy().astype(np.float32)
 
     def score(self, scan: Scan) -> np.ndarray:
         """Per-slice probabilities ``[D]`` in [0, 1] along the last axis of the RAS-oriented scan."""

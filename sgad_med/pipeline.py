@@ -248,7 +248,7 @@ class SGADPipeline:
         input_scores = np.asarray(self.detector.score01(input01), dtype=np.float32)
         harmonized_scores = None
         if self.harmonize:
-            harmonized_scores = np.asarray(self.detector.score01(harmonized01), dtype=np.float32)
+            harmonized_scores = np.asarray(self.detector.score01(harmonized01, harmonized=True), dtype=np.float32)
         scores = input_scores if harmonized_scores is None else np.maximum(input_scores, harmonized_scores)
         flagged = scores >= threshold
         harmonized_flags = None if harmonized_scores is None else harmonized_scores >= threshold

@@ -7,6 +7,9 @@ import torch
 import sgad_med
 from sgad_med.detector import ScoreFolder, SliceAnomalyDetector
 from sgad_med.networks import SliceAnomalyNet
+from sgad_med.transforms.artifacts import apply_slice_artifact
+from sgad_med.transforms.intensity import normalize
+from sgad_med.transforms.slice_statistics import classical_slice_scores
 from tests.conftest import SAMPLE_DATA
 
 
@@ -57,6 +60,44 @@ def test_a_scan_that_looks_unusual_throughout_is_judged_against_its_own_median()
     # every slice has anatomy, so each slice's evidence drops by the scan's median excess over the reference
     assert abs(float(logit.median())) < 1.0  # the tiny network's logits lie near 0, above the reference -1
     np.testing.assert_allclose(relative, torch.sigmoid(logit - (logit.median() + 1.0)).numpy(), atol=1e-6)
+
+
+NEIGHBOUR_MAP = (6.0, -31.0)  # logit > 2.2 (probability > 0.9) only where log(1 + z) > 5.53, i.e. z > 250
+
+
+def _neighbour_detector(neighbour_map=None, **kwargs) -> SliceAnomalyDetector:
+    """Threshold 0.9, which the tiny network's own evidence (sigmoid of logits near 0, no novelty) never reaches."""
+    detector = _detector(**kwargs)
+    n = detector.network.novelty_mean.numel()
+    detector.network.set_calibration(torch.zeros(n), torch.eye(n), 1.0, 0.0, -30.0, 0.9, neighbour_map=neighbour_map)
+    return detector
+
+
+def test_neighbour_statistics_flag_a_slice_the_networks_own_evidence_misses():
+    scan = sgad_med.load_scan(SAMPLE_DATA / "synthetic_mr.nii.gz")
+    volume = np.asarray(normalize(scan.image.as_tensor()[0:1], modality=scan.modality)[0])[0]
+    k = volume.shape[-1] // 2
+    corrupted = np.asarray(apply_slice_artifact(volume[None], "intensity_jump", [k], 0.75, seed=0)[0])[0]
+
+    plain = _neighbour_detector()
+    with_map = _neighbour_detector(NEIGHBOUR_MAP)
+    assert not plain.network.uses_neighbour_evidence and with_map.network.uses_neighbour_evidence
+    without_map = plain.score01(corrupted)
+    assert (without_map < plain.threshold).all(), "the network alone flags nothing"
+
+    scores = with_map.score01(corrupted)
+    assert scores.shape == (volume.shape[-1],) and scores.dtype == np.float32
+    np.testing.assert_array_equal(np.flatnonzero(scores >= with_map.threshold), [k])
+    z = classical_slice_scores(corrupted)
+    a, b = NEIGHBOUR_MAP
+    assert scores[k] == pytest.approx(1.0 / (1.0 + np.exp(-(a * np.log1p(z[k]) + b))), abs=1e-5)
+    assert not (with_map.score01(volume) >= with_map.threshold).any(), "the clean scan stays unflagged"
+
+    # switched off, the detector scores as if the weights carried no neighbour map
+    off = _neighbour_detector(NEIGHBOUR_MAP, neighbour_statistics=False)
+    np.testing.assert_allclose(off.score01(corrupted), without_map, atol=1e-6)
+    # and a harmonized volume is always judged by the network alone
+    np.testing.assert_allclose(with_map.score01(corrupted, harmonized=True), without_map, atol=1e-6)
 
 
 def test_score_folder_writes_a_csv_per_scan_and_survives_a_bad_one(tmp_path):

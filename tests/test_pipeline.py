@@ -34,7 +34,7 @@ class StubDetector:
     def __init__(self, threshold: float = 0.5) -> None:
         self.threshold, self.batch_size, self.progress, self.device = threshold, 4, False, torch.device("cpu")
 
-    def score01(self, volume01: torch.Tensor) -> np.ndarray:
+    def score01(self, volume01: torch.Tensor, harmonized: bool = False) -> np.ndarray:
         return (torch.as_tensor(volume01) >= 1.0).float().mean(dim=(0, 1)).numpy()
 
 

@@ -27,6 +27,10 @@ Train/held-out splits, so that later evaluation is honest:
   style. They exist to judge, on training-pool anatomies, how a choice fares on styles unlike the training ones
   without looking at the held-out set. Their anatomies come from :data:`TRAIN_ANATOMY_SEEDS` (seeds no
   training run uses).
+* low-contrast validation styles (``split="validation_low"``) lie *below* the held-out region, contrast in
+  :data:`VALIDATION_LOW_GM_WM_CONTRAST` ([0.02, 0.045]): at least as hard as the held-out styles for anything
+  that suffers from low tissue contrast, and still never a held-out style. The gap styles above turned out too
+  easy to foresee what fails on held-out styles.
 """
 
 from __future__ import annotations
@@ -74,7 +78,7 @@ TRAIN_ANATOMY_SEEDS = range(0, 1000)
 #: Anatomy seeds to evaluate on; never used for training.
 HELDOUT_ANATOMY_SEEDS = range(10_000, 10_100)
 
-SPLITS: tuple[str, ...] = ("train", "heldout", "validation")
+SPLITS: tuple[str, ...] = ("train", "heldout", "validation", "validation_low")
 #: Style families; ``"random"`` draws every tissue intensity uniformly (any ordering).
 FAMILIES: tuple[str, ...] = ("t1", "t2", "flair", "pd", "random")
 _FAMILY_WEIGHTS = (0.3, 0.2, 0.15, 0.1, 0.25)
@@ -85,6 +89,9 @@ TRAIN_MIN_GM_WM_CONTRAST = 0.15
 HELDOUT_GM_WM_CONTRAST = (0.05, 0.12)
 #: Validation styles have an effective grey/white-matter contrast in this closed interval (between the two).
 VALIDATION_GM_WM_CONTRAST = (0.125, 0.145)
+#: Low-contrast validation styles have an effective grey/white-matter contrast in this closed interval (below
+#: the held-out region).
+VALIDATION_LOW_GM_WM_CONTRAST = (0.02, 0.045)
 _TRAIN_MAX_CONTRAST = {"t1": 0.35, "t2": 0.35, "flair": 0.35, "pd": 0.35, "random": 0.7}
 
 GAMMA_RANGE = (0.6, 1.6)
@@ -184,7 +191,7 @@ def style_split(style: Style) -> str | None:
     Returns:
         ``"train"`` when its effective GM/WM contrast is >= :data:`TRAIN_MIN_GM_WM_CONTRAST`, ``"heldout"`` when
         it is within :data:`HELDOUT_GM_WM_CONTRAST`, ``"validation"`` within :data:`VALIDATION_GM_WM_CONTRAST`,
-        ``None`` otherwise.
+        ``"validation_low"`` within :data:`VALIDATION_LOW_GM_WM_CONTRAST`, ``None`` otherwise.
     """
     contrast = style.gm_wm_contrast()
     tol = 1e-9
@@ -194,6 +201,8 @@ def style_split(style: Style) -> str | None:
         return "heldout"
     if VALIDATION_GM_WM_CONTRAST[0] - tol <= contrast <= VALIDATION_GM_WM_CONTRAST[1] + tol:
         return "validation"
+    if VALIDATION_LOW_GM_WM_CONTRAST[0] - tol <= contrast <= VALIDATION_LOW_GM_WM_CONTRAST[1] + tol:
+        return "validation_low"
     return None
 
 
@@ -242,7 +251,8 @@ def sample_style(rng: np.random.Generator, family: str | None = None, split: str
 
     The tissue intensities are drawn, per family, as they should look after gamma, with the grey/white-matter
     contrast drawn from the split's region (train: [0.15, 0.35], 0.7 for ``"random"``; validation:
-    [0.125, 0.145]; held-out: [0.05, 0.12]); the stored means are then ``effective ** (1 / gamma)``.
+    [0.125, 0.145]; held-out: [0.05, 0.12]; validation_low: [0.02, 0.045]); the stored means are then
+    ``effective ** (1 / gamma)``.
     Families: ``"t1"`` (CSF < GM < WM),
     ``"t2"`` (WM < GM < CSF), ``"flair"`` (CSF < WM < GM), ``"pd"`` (WM < GM, CSF close to GM), ``"random"``
     (every tissue uniform in [0, 1], any ordering, any background). Then gamma ~ U(0.6, 1.6), bias strength
@@ -251,7 +261,7 @@ def sample_style(rng: np.random.Generator, family: str | None = None, split: str
     Args:
         rng: the random generator (the only source of randomness).
         family: one of :data:`FAMILIES`; ``None`` picks one (t1 30 %, t2 20 %, flair 15 %, pd 10 %, random 25 %).
-        split: ``"train"``, ``"heldout"`` or ``"validation"``; no two produce the same style (see
+        split: one of :data:`SPLITS`; no two produce the same style (see
             :func:`style_split`).
 
     Returns:
@@ -266,6 +276,8 @@ def sample_style(rng: np.random.Generator, family: str | None = None, split: str
         contrast = rng.uniform(TRAIN_MIN_GM_WM_CONTRAST, _TRAIN_MAX_CONTRAST[family])
     elif split == "validation":
         contrast = rng.uniform(*VALIDATION_GM_WM_CONTRAST)
+    elif split == "validation_low":
+        contrast = rng.uniform(*VALIDATION_LOW_GM_WM_CONTRAST)
     else:
         contrast = rng.uniform(*HELDOUT_GM_WM_CONTRAST)
     effective = _effective_tissues(rng, family, contrast)
@@ -604,7 +616,7 @@ class SyntheticStyleGenerator:
 
         Args:
             style_seed: non-negative integer.
-            split: ``"train"``, ``"heldout"`` or ``"validation"``.
+            split: one of :data:`SPLITS`.
             family: one of :data:`FAMILIES`, or ``None`` for a random one.
 
         Returns:
@@ -637,7 +649,7 @@ class SyntheticStyleGenerator:
             anatomy_seed: names the anatomy; must not belong to the other split's seed range
                 (:data:`TRAIN_ANATOMY_SEEDS` / :data:`HELDOUT_ANATOMY_SEEDS`).
             style_seed: names the style within the split.
-            split: ``"train"``, ``"heldout"`` or ``"validation"``.
+            split: one of :data:`SPLITS`.
             family: restrict the style to one of :data:`FAMILIES`.
 
         Returns:

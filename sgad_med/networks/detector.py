@@ -17,6 +17,15 @@ evidence then rise on clean slices too, and a threshold set on familiar scans fl
 slice is one that is unlike the rest of its scan, so when the median evidence of a scan's slices lies above the
 median of clean calibration scans (:attr:`scan_reference`), the scan's slices are judged against their own
 median instead (:meth:`scan_shift`). Scans that look familiar are scored exactly as before.
+
+**Neighbour evidence.** The network sees one neighbour on each side. A third, optional evidence compares each
+slice's image statistics with those of five slices on each side
+(:func:`~sgad_med.transforms.slice_statistics.classical_slice_scores`, the classical baseline's score), mapped
+to a logit by its own Platt map on ``log(1 + z)`` (:attr:`neighbour_scale`, :attr:`neighbour_offset`; the
+score's tail is heavy: damaged slices reach z in the thousands). It is relative to the
+scan by construction, so the scan shift does not apply to it. It is computed over whole volumes, so it is
+given to :meth:`combine` from outside (the detector computes it); weights calibrated without it have scale 0
+and ignore it.
 """
 
 from __future__ import annotations
@@ -37,7 +46,8 @@ class SliceAnomalyNet(nn.Module):
 
     The probability is ``sigmoid(max(logit / temperature, novelty_scale * novelty + novelty_offset))``: either
     evidence alone can flag a slice; over a whole scan each evidence is first lowered by the scan's
-    :meth:`scan_shift`. Until :meth:`set_calibration` is called it is ``sigmoid(logit)``.
+    :meth:`scan_shift`, and the neighbour evidence ``neighbour_scale * log(1 + z) + neighbour_offset`` joins the maximum
+    when it is calibrated and given. Until :meth:`set_calibration` is called it is ``sigmoid(logit)``.
 
     Args:
         context: neighbours on each side; ``in_channels = 2 * context + 1``.
@@ -91,11 +101,21 @@ class SliceAnomalyNet(nn.Module):
         self.register_buffer("calibrated", torch.tensor(False))
         # median (classifier, novelty) evidence of clean calibration scans; +inf: no scan-relative shift
         self.register_buffer("scan_reference", torch.full((2,), float("inf")))
+        # Platt map of the neighbour statistics' score; scale 0: not calibrated, not used
+        self.register_buffer("neighbour_scale", torch.tensor(0.0))
+        self.register_buffer("neighbour_offset", torch.tensor(-30.0))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        # weights calibrated before the scan reference existed: score every scan absolutely, as then
+        # weights calibrated before the scan reference / neighbour evidence existed: scored as they were then
         state_dict.setdefault(prefix + "scan_reference", torch.full((2,), float("inf")))
+        state_dict.setdefault(prefix + "neighbour_scale", torch.tensor(0.0))
+        state_dict.setdefault(prefix + "neighbour_offset", torch.tensor(-30.0))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @property
+    def uses_neighbour_evidence(self) -> bool:
+        """Whether a calibrated neighbour evidence joins the probability (see :meth:`combine`)."""
+        return bool(self.calibrated) and float(self.neighbour_scale) > 0.0
 
     @property
     def in_channels(self) -> int:
@@ -145,21 +165,31 @@ class SliceAnomalyNet(nn.Module):
         median = self.calibrated_evidence(logit, novelty).median(dim=0).values
         return (median - self.scan_reference.to(median.dtype)).clamp_min(0.0)
 
-    def combine(self, logit: torch.Tensor, novelty: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
-        """The calibrated probability ``[B]`` from a logit and a novelty score.
+    def neighbour_evidence(self, neighbour: torch.Tensor) -> torch.Tensor:
+        """``[B]``: the neighbour statistics' scores ``z >= 0`` as a calibrated logit."""
+        return self.neighbour_scale * torch.log1p(neighbour) + self.neighbour_offset
+
+    def combine(self, logit: torch.Tensor, novelty: torch.Tensor, shift: torch.Tensor | None = None,
+                neighbour: torch.Tensor | None = None) -> torch.Tensor:
+        """The calibrated probability ``[B]`` from a logit, a novelty score and, optionally, neighbour statistics.
 
         Args:
             logit: classifier logits ``[B]``.
             novelty: novelty scores ``[B]``.
             shift: ``[2]`` subtracted from the (classifier, novelty) evidence: the slices' scan's
                 :meth:`scan_shift`; ``None`` for none.
+            neighbour: the slices' :func:`~sgad_med.transforms.slice_statistics.classical_slice_scores` ``[B]``;
+                ignored unless :attr:`uses_neighbour_evidence`.
         """
         if not bool(self.calibrated):
             return torch.sigmoid(logit / self.temperature)
         evidence = self.calibrated_evidence(logit, novelty)
         if shift is not None:
             evidence = evidence - shift
-        return torch.sigmoid(evidence.max(dim=-1).values)
+        strongest = evidence.max(dim=-1).values
+        if neighbour is not None and self.uses_neighbour_evidence:
+            strongest = torch.maximum(strongest, self.neighbour_evidence(neighbour.to(strongest)))
+        return torch.sigmoid(strongest)
 
     def probability(self, stack: torch.Tensor) -> torch.Tensor:
         """Calibrated probability ``[B]`` that the centre slice of each stack is anomalous."""
@@ -175,13 +205,18 @@ class SliceAnomalyNet(nn.Module):
         novelty_offset: float,
         threshold: float,
         scan_reference: Sequence[float] | None = None,
+        neighbour_map: tuple[float, float] | None = None,
     ) -> None:
         """Store a fitted calibration in the buffers (see :func:`sgad_med.engines.detection.calibrate_detector`).
 
-        ``scan_reference=None`` (no scan-relative shift) unless given.
+        ``scan_reference=None`` (no scan-relative shift) and ``neighbour_map=None`` (no neighbour evidence; else
+        its ``(scale, offset)``) unless given.
         """
         reference = (float("inf"), float("inf")) if scan_reference is None else scan_reference
         self.scan_reference.copy_(torch.as_tensor(reference, dtype=self.scan_reference.dtype))
+        scale, offset = (0.0, -30.0) if neighbour_map is None else neighbour_map
+        self.neighbour_scale.fill_(float(scale))
+        self.neighbour_offset.fill_(float(offset))
         self.novelty_mean.copy_(novelty_mean)
         self.novelty_precision.copy_(novelty_precision)
         for name, value in (

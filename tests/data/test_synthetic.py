@@ -17,6 +17,7 @@ from sgad_med.data import (
     TRAIN_ANATOMY_SEEDS,
     TRAIN_MIN_GM_WM_CONTRAST,
     VALIDATION_GM_WM_CONTRAST,
+    VALIDATION_LOW_GM_WM_CONTRAST,
     Anatomy,
     Style,
     SyntheticPairDataset,
@@ -130,7 +131,8 @@ def test_rendered_contrast_orderings(gen, split: str) -> None:
 
 def test_style_splits_are_disjoint() -> None:
     rng = np.random.default_rng(0)
-    regions = {"heldout": HELDOUT_GM_WM_CONTRAST, "validation": VALIDATION_GM_WM_CONTRAST}
+    regions = {"heldout": HELDOUT_GM_WM_CONTRAST, "validation": VALIDATION_GM_WM_CONTRAST,
+               "validation_low": VALIDATION_LOW_GM_WM_CONTRAST}
     seen = {split: set() for split in SPLITS}
     for split in SPLITS:
         for _ in range(3000):
@@ -146,19 +148,21 @@ def test_style_splits_are_disjoint() -> None:
             assert 0 <= style.slice_thickness <= 1.5
             assert all(0.0 <= v <= 1.0 for v in style.means)
             seen[split].add(style.family)
-    assert seen["train"] == seen["heldout"] == seen["validation"] == set(FAMILIES)  # every family in every split
+    assert all(families == set(FAMILIES) for families in seen.values())  # every family in every split
     assert HELDOUT_GM_WM_CONTRAST[1] < VALIDATION_GM_WM_CONTRAST[0] < VALIDATION_GM_WM_CONTRAST[1]
     assert VALIDATION_GM_WM_CONTRAST[1] < TRAIN_MIN_GM_WM_CONTRAST
+    assert VALIDATION_LOW_GM_WM_CONTRAST[0] < VALIDATION_LOW_GM_WM_CONTRAST[1] < HELDOUT_GM_WM_CONTRAST[0]
     assert style_split(REFERENCE_STYLE) == "train"
     gap = Style("gap", 0.0, 0.2, 0.5, 0.648, 0.4)
     assert style_split(gap) is None
 
 
-def test_validation_styles_take_training_pool_anatomies_only(gen) -> None:
-    pair = gen.pair(960, style_seed=0, split="validation")
-    assert style_split(pair["style"]) == "validation"
+@pytest.mark.parametrize("split", ["validation", "validation_low"])
+def test_validation_styles_take_training_pool_anatomies_only(gen, split) -> None:
+    pair = gen.pair(960, style_seed=0, split=split)
+    assert style_split(pair["style"]) == split
     with pytest.raises(ValueError, match="other split"):
-        gen.pair(HELDOUT_ANATOMY_SEEDS[0], style_seed=0, split="validation")
+        gen.pair(HELDOUT_ANATOMY_SEEDS[0], style_seed=0, split=split)
 
 
 def test_random_family_produces_every_ordering() -> None:

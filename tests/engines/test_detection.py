@@ -5,7 +5,13 @@ import pytest
 import torch
 
 from sgad_med.detector import SliceAnomalyDetector
-from sgad_med.engines.detection import calibrate_detector, calibrate_scan_reference, fit_logistic, stored_threshold
+from sgad_med.engines.detection import (
+    calibrate_detector,
+    calibrate_scan_reference,
+    fit_logistic,
+    neighbour_scores_for_calibration,
+    stored_threshold,
+)
 from sgad_med.networks import SliceAnomalyNet
 
 
@@ -15,6 +21,21 @@ def test_fit_logistic_recovers_a_known_map():
     y = (rng.random(20000) < 1.0 / (1.0 + np.exp(-(2.0 * x - 1.0)))).astype(np.float64)
     a, b = fit_logistic(x, y)
     assert abs(a - 2.0) < 0.15 and abs(b + 1.0) < 0.1
+
+
+@pytest.mark.parametrize("slope", [2.0, -2.0])
+def test_balanced_fit_logistic_weights_the_rare_positives_up(slope):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=20000)
+    y = (rng.random(20000) < 1.0 / (1.0 + np.exp(-(slope * x - 4.0)))).astype(np.float64)
+    assert 0.02 < y.mean() < 0.15  # imbalanced: few positives
+    a, b = fit_logistic(x, y)
+    a_balanced, b_balanced = fit_logistic(x, y, balanced=True)
+    assert np.sign(a) == np.sign(a_balanced) == np.sign(slope)
+    assert abs(a - slope) < 0.2
+    # positives weighted n_neg / n_pos shift the offset up by about log(n_neg / n_pos)
+    assert b_balanced > b + 1.0
+    assert b_balanced - b == pytest.approx(np.log((1.0 - y.mean()) / y.mean()), abs=0.5)
 
 
 def _batches(n_batches: int = 8, seed: int = 0):
@@ -100,3 +121,41 @@ def test_stored_threshold_keeps_the_rate_after_float32_rounding():
     assert stored == threshold  # what the buffer holds is what was computed
     assert (clean >= stored).mean() <= 0.01
     assert 0.0 < stored <= 1.0
+
+
+def _calibrated_net() -> SliceAnomalyNet:
+    torch.manual_seed(0)
+    net = SliceAnomalyNet(init_features=4, growth_rate=4, block_config=(1, 1))
+    calibrate_detector(net, list(_batches(4, seed=2)), target_fpr=0.05)
+    return net
+
+
+def test_scan_reference_calibration_fits_the_neighbour_evidence_unless_told_not_to():
+    net = _calibrated_net()
+    assert not net.uses_neighbour_evidence  # calibrate_detector leaves it off
+    summary = calibrate_scan_reference(net, [_scan(s) for s in range(4)], target_fpr=0.05, neighbour_evidence=True)
+    assert float(net.neighbour_scale) > 0 and net.uses_neighbour_evidence
+    assert summary["neighbour_map"]["scale"] == pytest.approx(float(net.neighbour_scale))
+    assert summary["neighbour_map"]["offset"] == pytest.approx(float(net.neighbour_offset))
+    assert summary["fpr_at_threshold"] <= 0.05
+    assert 0.0 <= summary["fpr_at_threshold_without_neighbour"] <= 1.0
+
+    off = _calibrated_net()
+    summary_off = calibrate_scan_reference(off, [_scan(s) for s in range(4)], target_fpr=0.05,
+                                           neighbour_evidence=False)
+    assert not off.uses_neighbour_evidence and float(off.neighbour_scale) == 0.0
+    assert summary_off["neighbour_map"]["scale"] == 0.0
+    assert summary_off["fpr_at_threshold"] <= 0.05
+
+
+def test_neighbour_scores_for_calibration_score_damaged_slices_above_clean_ones():
+    volumes = [(_scan(s)["volume"], _scan(s)["head"]) for s in range(4)]
+    scores, labels = neighbour_scores_for_calibration(volumes, corrupted_per_volume=4, seed=0)
+    assert scores.shape == labels.shape and set(np.unique(labels)) == {0.0, 1.0}
+    assert (labels == 0).sum() == 4 * 12  # every clean head slice
+    assert 0 < (labels == 1).sum() <= 4 * 4  # up to four damaged slices per volume
+    assert (scores >= 0).all()
+    assert scores[labels == 1].mean() > scores[labels == 0].mean()
+    assert np.median(scores[labels == 1]) > np.median(scores[labels == 0])
+    again, _ = neighbour_scores_for_calibration(volumes, corrupted_per_volume=4, seed=0)
+    np.testing.assert_array_equal(scores, again)  # deterministic

@@ -11,22 +11,17 @@ import torch
 from sgad_med.data.synthetic import HELDOUT_ANATOMY_SEEDS, TRAIN_ANATOMY_SEEDS
 from sgad_med.detector import SliceAnomalyDetector
 from sgad_med.evaluation.detection import (
-    BASELINE_FEATURES,
     ClassicalBaseline,
     DetectionEvaluation,
     auroc,
     average_precision,
-    classical_slice_scores,
     corrupted_slices_for,
     detection_cases,
     format_table,
-    robust_neighbour_z,
-    slice_features,
     threshold_at_fpr,
     validation_volumes,
 )
 from sgad_med.networks.detector import SliceAnomalyNet
-from sgad_med.transforms.artifacts import apply_slice_artifact
 from tests.conftest import SAMPLE_DATA
 
 MNI = SAMPLE_DATA / "mni"
@@ -98,26 +93,6 @@ def test_threshold_at_fpr_flags_at_most_that_fraction():
 
 
 # --------------------------------------------------------------------------------------------------------- baseline
-
-
-def test_robust_neighbour_z_singles_out_an_outlier():
-    values = 1.0 + 0.01 * np.sin(np.arange(30))
-    values[12] += 1.0
-    z = robust_neighbour_z(values, window=4)
-    assert np.argmax(np.abs(z)) == 12
-    assert abs(z[12]) > 10 * np.abs(np.delete(z, 12)).max()
-
-
-@pytest.mark.parametrize("kind", ["rician", "spike", "intensity_jump"])
-def test_baseline_scores_an_obviously_corrupted_slice_above_its_clean_neighbours(case, kind):
-    volume, head = case["volume"], case["head"]
-    k = int(np.flatnonzero(head)[len(np.flatnonzero(head)) // 2])
-    corrupted, _ = apply_slice_artifact(volume[None], kind, [k], 0.75, seed=3)
-    scores = classical_slice_scores(np.asarray(corrupted)[0])
-    assert scores.shape == (volume.shape[-1],)
-    neighbours = scores[k - 3:k + 4][np.arange(7) != 3]
-    assert scores[k] > 2 * neighbours.max()
-    assert slice_features(volume).shape == (volume.shape[-1], len(BASELINE_FEATURES))
 
 
 def test_corrupted_slices_are_head_slices_apart_from_each_other(case):

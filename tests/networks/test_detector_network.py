@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import io
+import math
+
 import torch
 
 from sgad_med.networks import SliceAnomalyNet
@@ -106,3 +109,75 @@ def test_weights_saved_before_the_scan_reference_load_without_a_shift():
     other.load_state_dict(state)  # strict: the missing reference is filled in, not an error
     assert torch.isinf(other.scan_reference).all() and bool(other.calibrated)
     assert torch.allclose(_calibrated(reference=(2.0, 3.0)).state_dict()["scan_reference"], torch.tensor([2.0, 3.0]))
+
+
+def _with_neighbour_map(neighbour_map=(2.0, -6.0), reference=None) -> SliceAnomalyNet:
+    net = _tiny()
+    n = net.novelty_mean.numel()
+    net.set_calibration(torch.zeros(n), torch.eye(n), temperature=1.0, novelty_scale=1.0, novelty_offset=-5.0,
+                        threshold=0.5, scan_reference=reference, neighbour_map=neighbour_map)
+    return net
+
+
+def test_neighbour_scores_are_ignored_without_a_calibrated_neighbour_map():
+    logit, novelty = torch.tensor([-4.0, 1.0, 3.0]), torch.tensor([0.0, 2.0, 9.0])
+    huge = torch.full((3,), 1e4)
+    uncalibrated = _tiny()
+    uncalibrated.neighbour_scale.fill_(5.0)  # a map without calibration is not used either
+    assert not uncalibrated.uses_neighbour_evidence
+    assert torch.equal(uncalibrated.combine(logit, novelty, neighbour=huge), torch.sigmoid(logit))
+    scale_zero = _calibrated()
+    assert bool(scale_zero.calibrated) and float(scale_zero.neighbour_scale) == 0.0
+    assert not scale_zero.uses_neighbour_evidence
+    assert torch.equal(scale_zero.combine(logit, novelty, neighbour=huge), scale_zero.combine(logit, novelty))
+    assert torch.allclose(scale_zero.combine(logit, novelty, neighbour=huge),
+                          torch.sigmoid(torch.maximum(logit, novelty - 5.0)))
+
+
+def test_a_large_neighbour_score_sets_the_probability_and_the_scan_shift_does_not_lower_it():
+    a, b = 2.0, -6.0
+    net = _with_neighbour_map((a, b))
+    assert net.uses_neighbour_evidence
+    assert float(net.neighbour_scale) == a and float(net.neighbour_offset) == b
+    logit = torch.tensor([-4.0, -4.0, 3.0])
+    novelty = torch.zeros(3)  # novelty evidence -5 everywhere
+    neighbour = torch.tensor([0.0, 1000.0, 0.0])  # evidence -6, 2 log(1001) - 6 = 7.8, -6
+    strong = a * math.log1p(1000.0) + b
+    assert torch.allclose(net.neighbour_evidence(neighbour), torch.tensor([b, strong, b]))
+    probability = net.combine(logit, novelty, neighbour=neighbour)
+    assert torch.allclose(probability, torch.sigmoid(torch.tensor([-4.0, strong, 3.0])))
+    assert probability[1] > 0.999 and probability[0] < 0.05
+
+    # the scan shift lowers the classifier and novelty evidence, never the neighbour evidence
+    shifted = net.combine(logit, novelty, torch.tensor([2.0, 0.0]), neighbour)
+    assert torch.allclose(shifted, torch.sigmoid(torch.tensor([-5.0, strong, 1.0])))
+    huge_shift = net.combine(logit, novelty, torch.tensor([100.0, 100.0]), neighbour)
+    assert torch.allclose(huge_shift, torch.sigmoid(torch.tensor([b, strong, b])))
+
+
+def test_weights_saved_before_the_neighbour_evidence_load_without_it():
+    state = _with_neighbour_map().state_dict()
+    del state["neighbour_scale"], state["neighbour_offset"]
+    other = _with_neighbour_map((3.0, -1.0))  # whatever it held, the old weights are scored as they were then
+    other.load_state_dict(state)  # strict: the missing buffers are filled in, not an error
+    assert bool(other.calibrated) and not other.uses_neighbour_evidence
+    assert float(other.neighbour_scale) == 0.0 and float(other.neighbour_offset) == -30.0
+    logit, novelty = torch.tensor([-4.0, 0.5]), torch.tensor([0.0, 1.0])
+    assert torch.equal(other.combine(logit, novelty, neighbour=torch.full((2,), 1e4)), other.combine(logit, novelty))
+
+
+def test_the_neighbour_map_survives_saving_and_loading_the_state_dict():
+    net = _with_neighbour_map((1.25, -4.5))
+    assert {"neighbour_scale", "neighbour_offset"} <= set(net.state_dict())
+    buffer = io.BytesIO()
+    torch.save(net.state_dict(), buffer)
+    buffer.seek(0)
+    other = _tiny()
+    assert not other.uses_neighbour_evidence
+    other.load_state_dict(torch.load(buffer, weights_only=True))
+    assert other.uses_neighbour_evidence
+    assert float(other.neighbour_scale) == 1.25 and float(other.neighbour_offset) == -4.5
+    logit, novelty, neighbour = torch.tensor([-4.0, 0.5]), torch.tensor([0.0, 1.0]), torch.tensor([0.0, 500.0])
+    expected = net.combine(logit, novelty, neighbour=neighbour)
+    assert expected[1] > 0.5  # the neighbour evidence decides slice 1
+    assert torch.equal(other.combine(logit, novelty, neighbour=neighbour), expected)

@@ -1,0 +1,54 @@
+"""Per-slice statistics against the neighbouring slices: shared by the classical baseline and the detector."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sgad_med.evaluation.detection import detection_cases
+from sgad_med.transforms.artifacts import apply_slice_artifact
+from sgad_med.transforms.slice_statistics import (
+    BASELINE_FEATURES,
+    classical_slice_scores,
+    robust_neighbour_z,
+    slice_features,
+)
+from tests.conftest import SAMPLE_DATA
+
+MNI = SAMPLE_DATA / "mni"
+SPACING = 8.0  # 25 x 29 x 24 voxels: seconds, not minutes
+
+
+@pytest.fixture(scope="module")
+def case() -> dict:
+    return detection_cases(n_anatomies=1, spacing=SPACING, mni_dir=MNI)[0]
+
+
+def test_robust_neighbour_z_singles_out_an_outlier():
+    values = 1.0 + 0.01 * np.sin(np.arange(30))
+    values[12] += 1.0
+    z = robust_neighbour_z(values, window=4)
+    assert np.argmax(np.abs(z)) == 12
+    assert abs(z[12]) > 10 * np.abs(np.delete(z, 12)).max()
+
+
+@pytest.mark.parametrize("kind", ["rician", "spike", "intensity_jump"])
+def test_baseline_scores_an_obviously_corrupted_slice_above_its_clean_neighbours(case, kind):
+    volume, head = case["volume"], case["head"]
+    k = int(np.flatnonzero(head)[len(np.flatnonzero(head)) // 2])
+    corrupted, _ = apply_slice_artifact(volume[None], kind, [k], 0.75, seed=3)
+    scores = classical_slice_scores(np.asarray(corrupted)[0])
+    assert scores.shape == (volume.shape[-1],)
+    neighbours = scores[k - 3:k + 4][np.arange(7) != 3]
+    assert scores[k] > 2 * neighbours.max()
+    assert slice_features(volume).shape == (volume.shape[-1], len(BASELINE_FEATURES))
+
+
+def test_the_baseline_and_the_detector_share_one_implementation():
+    import sgad_med.detector
+    import sgad_med.evaluation.detection
+    import sgad_med.transforms.slice_statistics
+
+    shared = sgad_med.transforms.slice_statistics.classical_slice_scores
+    assert sgad_med.evaluation.detection.classical_slice_scores is shared
+    assert sgad_med.detector.classical_slice_scores is shared
