@@ -15,6 +15,7 @@ from sgad_med.evaluation import (
     NyulStandardizer,
     evaluate_harmonization,
     format_table,
+    harmonization_cases,
     head_mask,
     heldout_cases,
     histogram_matching,
@@ -310,6 +311,16 @@ def test_heldout_cases_and_the_preservation_check():
     assert results["preservation_mae_mask"] == {"none": 0.0, "oracle": 0.0}
     assert "MAE on ref-style" in format_table(results)
     json.dumps(results, allow_nan=False)
+
+
+@pytest.mark.parametrize("split", ["validation", "validation_low"])
+def test_validation_cases_are_built_like_the_heldout_ones_from_training_pool_anatomies(split):
+    cases = harmonization_cases([960], split, styles_per_anatomy=2, spacing=8.0)
+    assert len(cases) == 2 and {c["anatomy_seed"] for c in cases} == {960}
+    assert all(c["style"].endswith(f"-{split}") for c in cases)
+    assert set(cases[0]) == set(heldout_cases(n_anatomies=1, styles_per_anatomy=1, spacing=8.0)[0])
+    with pytest.raises(ValueError, match="other split"):
+        harmonization_cases([HELDOUT_ANATOMY_SEEDS[0]], split, spacing=8.0)
 
 
 def test_reference_volumes_refuse_heldout_anatomies():

@@ -42,7 +42,7 @@ from scipy import ndimage
 from scipy.stats import wasserstein_distance
 from skimage.exposure import match_histograms
 
-from sgad_med.evaluation.heldout import heldout_pairs, normalize_mr
+from sgad_med.evaluation.heldout import heldout_pairs, normalize_mr, synthetic_pairs
 from sgad_med.evaluation.metrics import (
     PSNR_CAP_DB,
     as_float_pair,
@@ -74,6 +74,7 @@ __all__ = [
     "uses_case",
     "COLUMNS",
     "heldout_cases",
+    "harmonization_cases",
     "reference_volumes",
     "evaluate_harmonization",
     "format_table",
@@ -555,13 +556,7 @@ def heldout_cases(
     """Held-out evaluation cases: held-out anatomies in held-out styles, with reference-style truth.
 
     Anatomy ``a`` is ``HELDOUT_ANATOMY_SEEDS[a]``; its styles are drawn with ``split="heldout"`` and style seeds
-    ``a * styles_per_anatomy + s``. The source is put through the normalization a real MR scan gets before
-    harmonization (:func:`sgad_med.transforms.normalize` with ``modality="MR"``: robust 0.5/99.5 percentiles
-    of the nonzero voxels to [0, 1], clipped), so bias, outliers and the scanner's arbitrary scale reach the
-    methods as they would on real data. The target is the same anatomy in :data:`REFERENCE_STYLE`, put
-    through the same normalization: that is the [0, 1] reference-style scale the GAN is trained to produce
-    (``sgad_med.data.slices`` normalizes both sides of each training pair), so a scan already in the reference
-    style maps to itself. The mask is :func:`head_mask` of the (un-normalized) reference-style truth.
+    ``a * styles_per_anatomy + s``; each case is built by :func:`harmonization_cases`.
 
     Args:
         n_anatomies: how many held-out anatomies (at most ``len(HELDOUT_ANATOMY_SEEDS)``).
@@ -571,13 +566,50 @@ def heldout_cases(
         mni_dir: folder of the MNI template (``None``: search, see :func:`~sgad_med.data.mni.find_mni_dir`).
 
     Returns:
+        As :func:`harmonization_cases`.
+    """
+    return _cases(heldout_pairs(n_anatomies, styles_per_anatomy, spacing=spacing, seed=seed, mni_dir=mni_dir))
+
+
+def harmonization_cases(
+    anatomy_seeds: Sequence[int],
+    split: str,
+    styles_per_anatomy: int = 2,
+    spacing: float = 2.0,
+    seed: int = 0,
+    mni_dir: str | os.PathLike | None = None,
+) -> list[dict]:
+    """Evaluation cases of the given anatomies in ``split`` styles, with reference-style truth.
+
+    :func:`heldout_cases` is this on the held-out anatomies and styles; on training-pool anatomies no training
+    run uses (e.g. 960-967) with ``split="validation"`` it is a validation set built the same way, to compare
+    weights without the held-out set. The source is put through the normalization a real MR scan gets before
+    harmonization (:func:`sgad_med.transforms.normalize` with ``modality="MR"``: robust 0.5/99.5 percentiles of
+    the nonzero voxels to [0, 1], clipped), so bias, outliers and the scanner's arbitrary scale reach the methods
+    as they would on real data. The target is the same anatomy in :data:`REFERENCE_STYLE`, put through the same
+    normalization: that is the [0, 1] reference-style scale the GAN is trained to produce
+    (``sgad_med.data.slices`` normalizes both sides of each training pair), so a scan already in the reference
+    style maps to itself. The mask is :func:`head_mask` of the (un-normalized) reference-style truth.
+
+    Args:
+        anatomy_seeds: anatomy seeds (the generator refuses seeds of the other split).
+        split: style split, see :data:`sgad_med.data.synthetic.SPLITS`.
+        styles_per_anatomy: styles per anatomy (style seeds ``a * styles_per_anatomy + s``).
+        spacing: voxel size in mm.
+        seed: the generator's global seed.
+        mni_dir: folder of the MNI template.
+
+    Returns:
         One dict per case: ``source``, ``target``, ``reference_input`` (the target again: a reference-style scan,
         for the preservation check), float32 ``[H, W, D]`` in [0, 1]; ``mask`` (bool); ``anatomy_seed``,
         ``style_seed``, ``style`` (the style's name, e.g. ``"t2-heldout"``), ``style_params`` (a plain dict).
     """
+    return _cases(synthetic_pairs(anatomy_seeds, split, styles_per_anatomy, spacing, seed, mni_dir))
+
+
+def _cases(pairs: Iterable[dict]) -> list[dict]:
     cases = []
-    for pair in heldout_pairs(n_anatomies, styles_per_anatomy, spacing=spacing, seed=seed, mni_dir=mni_dir):
-        anatomy_seed, style_seed = pair["anatomy_seed"], pair["style_seed"]
+    for pair in pairs:
         target = normalize_mr(pair["target"])
         cases.append(
             {
@@ -585,8 +617,8 @@ def heldout_cases(
                 "target": target,
                 "reference_input": target,
                 "mask": head_mask(pair["target"]),
-                "anatomy_seed": anatomy_seed,
-                "style_seed": style_seed,
+                "anatomy_seed": pair["anatomy_seed"],
+                "style_seed": pair["style_seed"],
                 "style": pair["style"].name,
                 "style_params": pair["style_params"],
             }
