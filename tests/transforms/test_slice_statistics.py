@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sgad_med.evaluation.detection import detection_cases
+from sgad_med.evaluation.detection import validation_volumes
 from sgad_med.transforms.artifacts import apply_slice_artifact
 from sgad_med.transforms.slice_statistics import (
     BASELINE_FEATURES,
@@ -15,13 +15,11 @@ from sgad_med.transforms.slice_statistics import (
 )
 from tests.conftest import SAMPLE_DATA
 
-MNI = SAMPLE_DATA / "mni"
-SPACING = 8.0  # 25 x 29 x 24 voxels: seconds, not minutes
-
 
 @pytest.fixture(scope="module")
-def case() -> dict:
-    return detection_cases(n_anatomies=1, spacing=SPACING, mni_dir=MNI)[0]
+def volume() -> dict:
+    """A clean synthetic scan at 8 mm (seconds, not minutes), with its head slices."""
+    return validation_volumes(range(900, 901), spacing=8.0, mni_dir=SAMPLE_DATA / "mni")[0]
 
 
 def test_robust_neighbour_z_singles_out_an_outlier():
@@ -33,8 +31,8 @@ def test_robust_neighbour_z_singles_out_an_outlier():
 
 
 @pytest.mark.parametrize("kind", ["rician", "spike", "intensity_jump"])
-def test_baseline_scores_an_obviously_corrupted_slice_above_its_clean_neighbours(case, kind):
-    volume, head = case["volume"], case["head"]
+def test_baseline_scores_an_obviously_corrupted_slice_above_its_clean_neighbours(volume, kind):
+    volume, head = volume["volume"], volume["head"]
     k = int(np.flatnonzero(head)[len(np.flatnonzero(head)) // 2])
     corrupted, _ = apply_slice_artifact(volume[None], kind, [k], 0.75, seed=3)
     scores = classical_slice_scores(np.asarray(corrupted)[0])
