@@ -287,7 +287,7 @@ def calibrate_scan_reference(
         for v, version in enumerate(versions):
             logit, novelty = (e.to(detector.device) for e in detector.evidence01(version))
             neighbour = None  # as SliceAnomalyDetector.score01: never on harmonized volumes
-            if v == 0:
+            if neighbour_evidence and v == 0:
                 neighbour = torch.as_tensor(classical_slice_scores(version), dtype=logit.dtype,
                                             device=detector.device)
             scans.append((logit, novelty, neighbour, torch.as_tensor(foreground_slices(version)),

@@ -49,9 +49,11 @@ class Variant:
         if key not in self.cache:
             logit, novelty = self.detector.evidence01(volume01)
             self.cache.clear()  # one volume at a time: evaluate_detection scores each with every variant in turn
-            neighbour = torch.as_tensor(classical_slice_scores(volume01), dtype=torch.float32)
-            self.cache[key] = (logit, novelty, torch.as_tensor(foreground_slices(volume01)), neighbour)
+            self.cache[key] = (logit, novelty, torch.as_tensor(foreground_slices(volume01)), None)
         logit, novelty, anatomy, neighbour = self.cache[key]
+        if self.name == "relative_neighbour" and neighbour is None:  # only this variant needs the statistics
+            neighbour = torch.as_tensor(classical_slice_scores(volume01), dtype=torch.float32)
+            self.cache[key] = (logit, novelty, anatomy, neighbour)
         net = self.network
         shift = None
         if self.name != "absolute":
