@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +195,7 @@ def neighbour_scores_for_calibration(
     volumes: list[tuple[np.ndarray, np.ndarray]],
     corrupted_per_volume: int = 4,
     seed: int = 0,
+    clean_scores: Sequence[np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Neighbour-statistics scores of clean head slices and of damaged ones, to fit the neighbour Platt map.
 
@@ -205,6 +206,7 @@ def neighbour_scores_for_calibration(
         volumes: ``(volume01 [H, W, D], head [D])`` pairs, clean.
         corrupted_per_volume: damaged slices per copy.
         seed: seed of the slices, severities and artifacts.
+        clean_scores: the volumes' scores ``[D]`` if the caller has them already (else computed here).
 
     Returns:
         ``(scores [N], labels [N])``: every clean head slice (label 0) and every damaged slice (label 1).
@@ -215,7 +217,7 @@ def neighbour_scores_for_calibration(
 
     scores, labels = [], []
     for i, (volume, head) in enumerate(volumes):
-        clean = classical_slice_scores(volume)[head]
+        clean = (classical_slice_scores(volume) if clean_scores is None else clean_scores[i])[head]
         rng = np.random.default_rng([seed, i])
         chosen = corrupted_slices_for(head, corrupted_per_volume, 3, [seed, i])
         kind = ARTIFACT_KINDS[i % len(ARTIFACT_KINDS)]
@@ -277,6 +279,7 @@ def calibrate_scan_reference(
         raise ValueError("calibrate_scan_reference needs a network calibrated by calibrate_detector first")
     detector = SliceAnomalyDetector(network, device=device)
     inputs = []  # the clean volumes as given: (volume, head), the source of the neighbour map's damaged copies
+    input_scores = []  # their neighbour statistics' scores, when the neighbour evidence is fitted
     scans = []  # per scored volume: (logit, novelty, neighbour scores) of every slice, slices with anatomy, head
     for item in volumes:
         versions = [np.asarray(item["volume"], dtype=np.float32)]
@@ -288,8 +291,8 @@ def calibrate_scan_reference(
             logit, novelty = (e.to(detector.device) for e in detector.evidence01(version))
             neighbour = None  # as SliceAnomalyDetector.score01: never on harmonized volumes
             if neighbour_evidence and v == 0:
-                neighbour = torch.as_tensor(classical_slice_scores(version), dtype=logit.dtype,
-                                            device=detector.device)
+                input_scores.append(classical_slice_scores(version))
+                neighbour = torch.as_tensor(input_scores[-1], dtype=logit.dtype, device=detector.device)
             scans.append((logit, novelty, neighbour, torch.as_tensor(foreground_slices(version)),
                           torch.as_tensor(head)))
     if len(scans) < 2:
@@ -316,7 +319,7 @@ def calibrate_scan_reference(
         # quantile: the statistics add what the network misses, within a share of the false-positive budget
         # (their clean tail is heavier than the network's: a Platt offset alone raised the FPR on validation).
         # Only scans as they arrive count: harmonized volumes are scored without it.
-        scores, labels = neighbour_scores_for_calibration(inputs)
+        scores, labels = neighbour_scores_for_calibration(inputs, clean_scores=input_scores)
         scale, _ = fit_logistic(np.log1p(scores), labels, balanced=True)  # as neighbour_evidence maps them
         if scale > 0.0:  # a larger |z| is never evidence of a clean slice
             network.neighbour_scale.fill_(0.0)
