@@ -18,7 +18,7 @@ from sgad_med.io import Scan, ScanSource, load_scan
 from sgad_med.io.atomic import atomic_file
 from sgad_med.slice_runner import SliceNetworkRunner
 from sgad_med.transforms.intensity import normalize
-from sgad_med.transforms.slice_statistics import classical_slice_scores
+from sgad_med.transforms.slice_statistics import texture_slice_scores
 from sgad_med.transforms.slices import foreground_slices
 
 logger = logging.getLogger(__name__)
@@ -43,8 +43,8 @@ class SliceAnomalyDetector(SliceNetworkRunner):
         multiple: zero-pad slices to a multiple of this, as the training slices were.
         scan_relative: judge the slices of a scan that looks unusual as a whole against its own median slice
             (the calibrated default); ``False`` scores every slice against clean calibration slices only.
-        neighbour_statistics: add the calibrated neighbour evidence (image statistics of each slice against five
-            slices on each side) to scans as they arrive, when the weights carry its calibration; ``False``
+        neighbour_statistics: add the calibrated neighbour evidence (texture statistics of each slice against
+            five slices on each side) to scans as they arrive, when the weights carry its calibration; ``False``
             leaves it out. It never applies to harmonized volumes (see :meth:`score01`).
 
     Example::
@@ -99,9 +99,9 @@ class SliceAnomalyDetector(SliceNetworkRunner):
             volume01: the volume, slice axis last.
             harmonized: the volume is the harmonizer's output. The harmonizer treats slices one by one, and clean
                 harmonized slices differ from their neighbours in intensity statistics far more than scanned ones
-                (on clean calibration scans the 99.75th percentile of the neighbour score is ~10,000 harmonized,
-                ~9 as scanned), so the neighbour evidence is left out; the network, trained on harmonized slices
-                too, judges them alone.
+                (on clean calibration scans the 99.75th percentile of the classical baseline's score is ~10,000
+                harmonized, ~9 as scanned), so the neighbour evidence is left out; the network, trained on
+                harmonized slices too, judges them alone.
         """
         logit, novelty = (e.to(self.device) for e in self.evidence01(volume01))
         shift = neighbour = None
@@ -109,7 +109,7 @@ class SliceAnomalyDetector(SliceNetworkRunner):
             anatomy = torch.as_tensor(foreground_slices(volume01), device=self.device)
             shift = self.network.scan_shift(logit[anatomy], novelty[anatomy])
         if self.neighbour_statistics and not harmonized and self.network.uses_neighbour_evidence:
-            neighbour = torch.as_tensor(classical_slice_scores(np.asarray(volume01, dtype=np.float32)),
+            neighbour = torch.as_tensor(texture_slice_scores(np.asarray(volume01, dtype=np.float32)),
                                         dtype=torch.float32, device=self.device)
         return self.network.combine(logit, novelty, shift, neighbour).cpu().numpy().astype(np.float32)
 

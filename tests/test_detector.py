@@ -9,7 +9,7 @@ from sgad_med.detector import ScoreFolder, SliceAnomalyDetector
 from sgad_med.networks import SliceAnomalyNet
 from sgad_med.transforms.artifacts import apply_slice_artifact
 from sgad_med.transforms.intensity import normalize
-from sgad_med.transforms.slice_statistics import classical_slice_scores
+from sgad_med.transforms.slice_statistics import texture_slice_scores
 from tests.conftest import SAMPLE_DATA
 
 
@@ -77,7 +77,7 @@ def test_neighbour_statistics_flag_a_slice_the_networks_own_evidence_misses():
     scan = sgad_med.load_scan(SAMPLE_DATA / "synthetic_mr.nii.gz")
     volume = np.asarray(normalize(scan.image.as_tensor()[0:1], modality=scan.modality)[0])[0]
     k = volume.shape[-1] // 2
-    corrupted = np.asarray(apply_slice_artifact(volume[None], "intensity_jump", [k], 0.75, seed=0)[0])[0]
+    corrupted = np.asarray(apply_slice_artifact(volume[None], "rician", [k], 0.75, seed=0)[0])[0]
 
     plain = _neighbour_detector()
     with_map = _neighbour_detector(NEIGHBOUR_MAP)
@@ -88,7 +88,7 @@ def test_neighbour_statistics_flag_a_slice_the_networks_own_evidence_misses():
     scores = with_map.score01(corrupted)
     assert scores.shape == (volume.shape[-1],) and scores.dtype == np.float32
     np.testing.assert_array_equal(np.flatnonzero(scores >= with_map.threshold), [k])
-    z = classical_slice_scores(corrupted)
+    z = texture_slice_scores(corrupted)
     a, b = NEIGHBOUR_MAP
     assert scores[k] == pytest.approx(1.0 / (1.0 + np.exp(-(a * np.log1p(z[k]) + b))), abs=1e-5)
     assert not (with_map.score01(volume) >= with_map.threshold).any(), "the clean scan stays unflagged"

@@ -15,8 +15,8 @@ Then :func:`calibrate_scan_reference` scores whole clean validation *scans*, as 
 
 5. scan reference: the median over those scans of each scan's median (classifier, novelty) evidence; a scan
    above it is judged against its own median (:meth:`~sgad_med.networks.SliceAnomalyNet.scan_shift`);
-6. neighbour evidence: a Platt map of the logarithm of the neighbour statistics' score
-   (:func:`~sgad_med.transforms.slice_statistics.classical_slice_scores`), fitted on those scans' clean head
+6. neighbour evidence: a Platt map of the logarithm of the neighbour texture statistics' score
+   (:func:`~sgad_med.transforms.slice_statistics.texture_slice_scores`), fitted on those scans' clean head
    slices against damaged copies of them;
 7. the threshold again, now for ``target_fpr`` on the head slices of those scans, scored exactly as
    :meth:`~sgad_med.detector.SliceAnomalyDetector.score01` scores them.
@@ -197,7 +197,7 @@ def neighbour_scores_for_calibration(
     seed: int = 0,
     clean_scores: Sequence[np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Neighbour-statistics scores of clean head slices and of damaged ones, to fit the neighbour Platt map.
+    """Neighbour texture scores of clean head slices and of damaged ones, to fit the neighbour Platt map.
 
     The damaged slices come from copies of the volumes with ``corrupted_per_volume`` head slices (3 or more
     apart) corrupted, one artifact kind per volume in turn over every kind, at a severity drawn in [0.25, 0.75].
@@ -213,17 +213,17 @@ def neighbour_scores_for_calibration(
     """
     from sgad_med.evaluation.detection import corrupted_slices_for
     from sgad_med.transforms.artifacts import ARTIFACT_KINDS, apply_slice_artifact
-    from sgad_med.transforms.slice_statistics import classical_slice_scores
+    from sgad_med.transforms.slice_statistics import texture_slice_scores
 
     scores, labels = [], []
     for i, (volume, head) in enumerate(volumes):
-        clean = (classical_slice_scores(volume) if clean_scores is None else clean_scores[i])[head]
+        clean = (texture_slice_scores(volume) if clean_scores is None else clean_scores[i])[head]
         rng = np.random.default_rng([seed, i])
         chosen = corrupted_slices_for(head, corrupted_per_volume, 3, [seed, i])
         kind = ARTIFACT_KINDS[i % len(ARTIFACT_KINDS)]
         corrupted, _ = apply_slice_artifact(volume[None], kind, chosen, float(rng.uniform(0.25, 0.75)),
                                             int(rng.integers(2**31)))
-        damaged = classical_slice_scores(np.asarray(corrupted)[0])[chosen]
+        damaged = texture_slice_scores(np.asarray(corrupted)[0])[chosen]
         scores += [clean, damaged]
         labels += [np.zeros(clean.size), np.ones(damaged.size)]
     return np.concatenate(scores), np.concatenate(labels)
@@ -272,7 +272,7 @@ def calibrate_scan_reference(
         everything, without the shift and without the neighbour evidence.
     """
     from sgad_med.detector import SliceAnomalyDetector
-    from sgad_med.transforms.slice_statistics import classical_slice_scores
+    from sgad_med.transforms.slice_statistics import texture_slice_scores
     from sgad_med.transforms.slices import foreground_slices
 
     if not bool(network.calibrated):
@@ -291,7 +291,7 @@ def calibrate_scan_reference(
             logit, novelty = (e.to(detector.device) for e in detector.evidence01(version))
             neighbour = None  # as SliceAnomalyDetector.score01: never on harmonized volumes
             if neighbour_evidence and v == 0:
-                input_scores.append(classical_slice_scores(version))
+                input_scores.append(texture_slice_scores(version))
                 neighbour = torch.as_tensor(input_scores[-1], dtype=logit.dtype, device=detector.device)
             scans.append((logit, novelty, neighbour, torch.as_tensor(foreground_slices(version)),
                           torch.as_tensor(head)))
@@ -355,6 +355,7 @@ def calibrate_bundle_weights(
     volumes: Iterable[Mapping[str, np.ndarray]] | None = None,
     harmonizer: Any = None,
     neighbour_evidence: bool = False,
+    neighbour_share: float = 0.5,
 ) -> dict[str, Any]:
     """Load the validation-best weights, calibrate them, and save weights + calibration back (atomically).
 
@@ -372,6 +373,7 @@ def calibrate_bundle_weights(
             the threshold stays the one set on the loader's slices).
         harmonizer: passed on to :func:`calibrate_scan_reference`.
         neighbour_evidence: passed on to :func:`calibrate_scan_reference`.
+        neighbour_share: passed on to :func:`calibrate_scan_reference`.
 
     Returns:
         The summary of :func:`calibrate_detector`, with :func:`calibrate_scan_reference`'s under ``"scans"`` (its
@@ -386,7 +388,8 @@ def calibrate_bundle_weights(
     summary = calibrate_detector(module, loader, target_fpr=target_fpr, device=device)
     if volumes is not None:
         summary["scans"] = calibrate_scan_reference(module, volumes, target_fpr=target_fpr, device=device,
-                                                    harmonizer=harmonizer, neighbour_evidence=neighbour_evidence)
+                                                    harmonizer=harmonizer, neighbour_evidence=neighbour_evidence,
+                                                    neighbour_share=neighbour_share)
         summary["threshold"] = summary["scans"]["threshold"]
     with atomic_file(weights, overwrite=True) as tmp:
         torch.save(module.state_dict(), tmp)

@@ -19,8 +19,9 @@ median of clean calibration scans (:attr:`scan_reference`), the scan's slices ar
 median instead (:meth:`scan_shift`). Scans that look familiar are scored exactly as before.
 
 **Neighbour evidence.** The network sees one neighbour on each side. A third, optional evidence compares each
-slice's image statistics with those of five slices on each side
-(:func:`~sgad_med.transforms.slice_statistics.classical_slice_scores`, the classical baseline's score), mapped
+slice's texture statistics (noise, high-frequency energy, edges) with those of five slices on each side
+(:func:`~sgad_med.transforms.slice_statistics.texture_slice_scores`, the classical baseline's score over those
+statistics), mapped
 to a logit by its own Platt map on ``log(1 + z)`` (:attr:`neighbour_scale`, :attr:`neighbour_offset`; the
 score's tail is heavy: damaged slices reach z in the thousands). It is relative to the
 scan by construction, so the scan shift does not apply to it. It is computed over whole volumes, so it is
@@ -178,7 +179,7 @@ class SliceAnomalyNet(nn.Module):
             novelty: novelty scores ``[B]``.
             shift: ``[2]`` subtracted from the (classifier, novelty) evidence: the slices' scan's
                 :meth:`scan_shift`; ``None`` for none.
-            neighbour: the slices' :func:`~sgad_med.transforms.slice_statistics.classical_slice_scores` ``[B]``;
+            neighbour: the slices' :func:`~sgad_med.transforms.slice_statistics.texture_slice_scores` ``[B]``;
                 ignored unless :attr:`uses_neighbour_evidence`.
         """
         if not bool(self.calibrated):

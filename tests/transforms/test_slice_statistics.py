@@ -9,9 +9,11 @@ from sgad_med.evaluation.detection import validation_volumes
 from sgad_med.transforms.artifacts import apply_slice_artifact
 from sgad_med.transforms.slice_statistics import (
     BASELINE_FEATURES,
+    TEXTURE_FEATURES,
     classical_slice_scores,
     robust_neighbour_z,
     slice_features,
+    texture_slice_scores,
 )
 from tests.conftest import SAMPLE_DATA
 
@@ -42,11 +44,37 @@ def test_baseline_scores_an_obviously_corrupted_slice_above_its_clean_neighbours
     assert slice_features(volume).shape == (volume.shape[-1], len(BASELINE_FEATURES))
 
 
+def test_texture_scores_see_ringing_and_ignore_an_intensity_jump(volume):
+    """The detector's neighbour score: Gibbs ringing stands out in texture; a slice-wide brightness jump, which
+    the full baseline flags, moves the texture statistics much less (the network finds those kinds itself)."""
+    volume, head = volume["volume"], volume["head"]
+    k = int(np.flatnonzero(head)[len(np.flatnonzero(head)) // 2])
+    neighbours = np.r_[k - 3:k, k + 1:k + 4]
+    ringing = np.asarray(apply_slice_artifact(volume[None], "gibbs", [k], 0.75, seed=3)[0])[0]
+    texture = texture_slice_scores(ringing)
+    assert texture[k] > 2 * texture[neighbours].max()
+    np.testing.assert_array_equal(texture, classical_slice_scores(ringing, features=TEXTURE_FEATURES))
+
+    jump = np.clip(volume.copy(), 0, 1)
+    jump[..., k] = np.clip(jump[..., k] * 1.15, 0, 1)
+    full, texture = classical_slice_scores(jump), texture_slice_scores(jump)
+    assert full[k] > 2 * full[neighbours].max()
+    assert texture[k] < full[k] / 2
+    assert (classical_slice_scores(volume) >= texture_slice_scores(volume) - 1e-12).all(), "a max over a subset"
+
+
+def test_unknown_statistics_are_refused(volume):
+    with pytest.raises(ValueError, match="subset"):
+        classical_slice_scores(volume["volume"], features=("noise", "loudness"))
+    with pytest.raises(ValueError, match="subset"):
+        classical_slice_scores(volume["volume"], features=())
+
+
 def test_the_baseline_and_the_detector_share_one_implementation():
     import sgad_med.detector
     import sgad_med.evaluation.detection
     import sgad_med.transforms.slice_statistics
 
-    shared = sgad_med.transforms.slice_statistics.classical_slice_scores
-    assert sgad_med.evaluation.detection.classical_slice_scores is shared
-    assert sgad_med.detector.classical_slice_scores is shared
+    module = sgad_med.transforms.slice_statistics
+    assert sgad_med.evaluation.detection.classical_slice_scores is module.classical_slice_scores
+    assert sgad_med.detector.texture_slice_scores is module.texture_slice_scores

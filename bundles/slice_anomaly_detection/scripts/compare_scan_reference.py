@@ -27,7 +27,7 @@ import torch
 from sgad_med.detector import SliceAnomalyDetector
 from sgad_med.evaluation.detection import evaluate_detection, threshold_at_fpr, validation_volumes
 from sgad_med.transforms.artifacts import ARTIFACT_KINDS
-from sgad_med.transforms.slice_statistics import classical_slice_scores
+from sgad_med.transforms.slice_statistics import texture_slice_scores
 from sgad_med.transforms.slices import foreground_slices
 
 BUNDLE = Path(__file__).resolve().parents[1]
@@ -52,7 +52,7 @@ class Variant:
             self.cache[key] = (logit, novelty, torch.as_tensor(foreground_slices(volume01)), None)
         logit, novelty, anatomy, neighbour = self.cache[key]
         if self.name == "relative_neighbour" and neighbour is None:  # only this variant needs the statistics
-            neighbour = torch.as_tensor(classical_slice_scores(volume01), dtype=torch.float32)
+            neighbour = torch.as_tensor(texture_slice_scores(volume01), dtype=torch.float32)
             self.cache[key] = (logit, novelty, anatomy, neighbour)
         net = self.network
         shift = None
