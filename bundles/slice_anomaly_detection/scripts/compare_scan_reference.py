@@ -11,7 +11,11 @@ of anatomies 960-967 (used by no training, validation or calibration step) in tr
 with ``--splits``, in *low-contrast validation* styles (contrast below every held-out one).
 
     python bundles/slice_anomaly_detection/scripts/compare_scan_reference.py [--anatomies 8] [--severity 0.5] \
-        [--splits train validation validation_low] [--neighbour-weights MODEL.pt]
+        [--splits train validation validation_low] [--neighbour-weights MODEL.pt] [--weights MODEL.pt]
+
+``--weights`` scores another network of the bundle's architecture (e.g. a new training run's calibrated
+``model.pt``) instead of the bundle's; with the neighbour evidence in its calibration, pass the same file as
+``--neighbour-weights`` too.
 """
 
 from __future__ import annotations
@@ -71,8 +75,12 @@ def main() -> None:
                         choices=["train", "validation", "validation_low"], help="style splits to evaluate on")
     parser.add_argument("--neighbour-weights", type=Path, default=None,
                         help="the same weights calibrated with the neighbour evidence")
+    parser.add_argument("--weights", type=Path, default=None,
+                        help="the detector's weights (default: the bundle's models/model.pt)")
     args = parser.parse_args()
     detector = SliceAnomalyDetector.from_bundle(BUNDLE, device="cpu")
+    if args.weights is not None:
+        detector.network.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
     variants = {name: Variant(detector, name) for name in VARIANTS}
     if args.neighbour_weights is not None:
         network = copy.deepcopy(detector.network)
@@ -80,7 +88,7 @@ def main() -> None:
         if not network.uses_neighbour_evidence:
             parser.error(f"{args.neighbour_weights} carries no neighbour-evidence calibration")
         if any(not torch.equal(a, b) for a, b in zip(network.parameters(), detector.network.parameters())):
-            parser.error(f"{args.neighbour_weights} holds other weights than the bundle's model.pt")
+            parser.error(f"{args.neighbour_weights} holds other network weights than the detector's")
         variants["relative_neighbour"] = Variant(detector, "relative_neighbour", network)
     thresholds = {}
     calibration = validation_volumes(range(920, 960), seed=2)
