@@ -148,6 +148,17 @@ def test_scan_reference_calibration_fits_the_neighbour_evidence_unless_told_not_
     assert summary_off["fpr_at_threshold"] <= 0.05
 
 
+def test_a_smaller_neighbour_share_makes_the_neighbour_evidence_less_eager():
+    """The share of the false-positive budget moves only the offset: a smaller share asks a larger z."""
+    maps = {}
+    for share in (0.1, 0.5):
+        net = _calibrated_net()
+        maps[share] = calibrate_scan_reference(net, [_scan(s) for s in range(4)], target_fpr=0.05,
+                                               neighbour_evidence=True, neighbour_share=share)["neighbour_map"]
+    assert maps[0.1]["scale"] == pytest.approx(maps[0.5]["scale"]) and maps[0.1]["scale"] > 0
+    assert maps[0.1]["offset"] < maps[0.5]["offset"]
+
+
 def test_neighbour_scores_for_calibration_score_damaged_slices_above_clean_ones():
     volumes = [(_scan(s)["volume"], _scan(s)["head"]) for s in range(4)]
     scores, labels = neighbour_scores_for_calibration(volumes, corrupted_per_volume=4, seed=0)
