@@ -272,6 +272,7 @@ def calibrate_scan_reference(
         everything, without the shift and without the neighbour evidence.
     """
     from sgad_med.detector import SliceAnomalyDetector
+    from sgad_med.networks.detector import NEIGHBOUR_MAP_OFF
     from sgad_med.transforms.slice_statistics import texture_slice_scores
     from sgad_med.transforms.slices import foreground_slices
 
@@ -312,7 +313,7 @@ def calibrate_scan_reference(
                                        neighbour[head] if with_neighbour and neighbour is not None else None))
         return torch.cat(out).cpu().numpy()
 
-    neighbour_map = (0.0, -30.0)
+    neighbour_map = NEIGHBOUR_MAP_OFF
     if neighbour_evidence:
         # The Platt slope says how fast the evidence grows with log(1 + z); the offset puts the point where it
         # meets the threshold set without it at the clean head slices' (1 - neighbour_share * target_fpr)

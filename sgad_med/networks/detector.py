@@ -37,6 +37,9 @@ import torch
 from monai.networks.nets import DenseNet
 from torch import nn
 
+#: ``(scale, offset)`` of the neighbour evidence's Platt map when it is off: scale 0 never lets it count.
+NEIGHBOUR_MAP_OFF: tuple[float, float] = (0.0, -30.0)
+
 
 class SliceAnomalyNet(nn.Module):
     """Anomaly logit, novelty score and calibrated probability for the centre slice of 2.5D stacks.
@@ -103,14 +106,14 @@ class SliceAnomalyNet(nn.Module):
         # median (classifier, novelty) evidence of clean calibration scans; +inf: no scan-relative shift
         self.register_buffer("scan_reference", torch.full((2,), float("inf")))
         # Platt map of the neighbour statistics' score; scale 0: not calibrated, not used
-        self.register_buffer("neighbour_scale", torch.tensor(0.0))
-        self.register_buffer("neighbour_offset", torch.tensor(-30.0))
+        self.register_buffer("neighbour_scale", torch.tensor(NEIGHBOUR_MAP_OFF[0]))
+        self.register_buffer("neighbour_offset", torch.tensor(NEIGHBOUR_MAP_OFF[1]))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         # weights calibrated before the scan reference / neighbour evidence existed: scored as they were then
         state_dict.setdefault(prefix + "scan_reference", torch.full((2,), float("inf")))
-        state_dict.setdefault(prefix + "neighbour_scale", torch.tensor(0.0))
-        state_dict.setdefault(prefix + "neighbour_offset", torch.tensor(-30.0))
+        state_dict.setdefault(prefix + "neighbour_scale", torch.tensor(NEIGHBOUR_MAP_OFF[0]))
+        state_dict.setdefault(prefix + "neighbour_offset", torch.tensor(NEIGHBOUR_MAP_OFF[1]))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
@@ -215,7 +218,7 @@ class SliceAnomalyNet(nn.Module):
         """
         reference = (float("inf"), float("inf")) if scan_reference is None else scan_reference
         self.scan_reference.copy_(torch.as_tensor(reference, dtype=self.scan_reference.dtype))
-        scale, offset = (0.0, -30.0) if neighbour_map is None else neighbour_map
+        scale, offset = NEIGHBOUR_MAP_OFF if neighbour_map is None else neighbour_map
         self.neighbour_scale.fill_(float(scale))
         self.neighbour_offset.fill_(float(offset))
         self.novelty_mean.copy_(novelty_mean)

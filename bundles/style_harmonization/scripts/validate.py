@@ -59,5 +59,6 @@ def main() -> None:
           f"{len(cases)} volumes")
     print(format_table(results))
 
+
 if __name__ == "__main__":
     main()
