@@ -159,6 +159,28 @@ def test_a_smaller_neighbour_share_makes_the_neighbour_evidence_less_eager():
     assert maps[0.1]["offset"] < maps[0.5]["offset"]
 
 
+def test_the_neighbour_gate_is_the_clean_head_slices_quantile_of_their_statistics():
+    from sgad_med.transforms.slice_statistics import texture_slice_scores
+
+    scans = [_scan(s) for s in range(4)]
+    clean = np.log1p(np.concatenate([texture_slice_scores(s["volume"])[s["head"]] for s in scans]))
+    gates = {}
+    for quantile in (0.0, 0.5, 0.99):
+        net = _calibrated_net()
+        summary = calibrate_scan_reference(net, scans, target_fpr=0.05, neighbour_evidence=True,
+                                           neighbour_gate_quantile=quantile)
+        gates[quantile] = float(net.neighbour_gate)
+        assert summary["neighbour_map"]["gate"] == pytest.approx(gates[quantile])
+        assert summary["fpr_at_threshold"] <= 0.05
+    assert gates[0.0] == 0.0  # no gate: every z counts
+    assert gates[0.5] == pytest.approx(float(np.quantile(clean, 0.5)), rel=1e-5)
+    assert gates[0.99] == pytest.approx(float(np.quantile(clean, 0.99)), rel=1e-5)
+    assert 0.0 < gates[0.5] < gates[0.99]
+    off = _calibrated_net()
+    calibrate_scan_reference(off, scans, target_fpr=0.05, neighbour_evidence=False)
+    assert float(off.neighbour_gate) == 0.0
+
+
 def test_neighbour_scores_for_calibration_score_damaged_slices_above_clean_ones():
     volumes = [(_scan(s)["volume"], _scan(s)["head"]) for s in range(4)]
     scores, labels = neighbour_scores_for_calibration(volumes, corrupted_per_volume=4, seed=0)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import io
 import math
 
+import pytest
 import torch
 
 from sgad_med.networks import SliceAnomalyNet
@@ -111,11 +112,11 @@ def test_weights_saved_before_the_scan_reference_load_without_a_shift():
     assert torch.allclose(_calibrated(reference=(2.0, 3.0)).state_dict()["scan_reference"], torch.tensor([2.0, 3.0]))
 
 
-def _with_neighbour_map(neighbour_map=(2.0, -6.0), reference=None) -> SliceAnomalyNet:
+def _with_neighbour_map(neighbour_map=(2.0, -6.0), reference=None, gate=0.0) -> SliceAnomalyNet:
     net = _tiny()
     n = net.novelty_mean.numel()
     net.set_calibration(torch.zeros(n), torch.eye(n), temperature=1.0, novelty_scale=1.0, novelty_offset=-5.0,
-                        threshold=0.5, scan_reference=reference, neighbour_map=neighbour_map)
+                        threshold=0.5, scan_reference=reference, neighbour_map=neighbour_map, neighbour_gate=gate)
     return net
 
 
@@ -181,3 +182,30 @@ def test_the_neighbour_map_survives_saving_and_loading_the_state_dict():
     expected = net.combine(logit, novelty, neighbour=neighbour)
     assert expected[1] > 0.5  # the neighbour evidence decides slice 1
     assert torch.equal(other.combine(logit, novelty, neighbour=neighbour), expected)
+
+
+def test_below_the_gate_the_neighbour_evidence_does_not_count():
+    gate = math.log1p(4.0)
+    net = _with_neighbour_map((2.0, -3.0), gate=gate)
+    assert float(net.neighbour_gate) == pytest.approx(gate)
+    logit, novelty = torch.full((4,), -6.0), torch.zeros(4)  # network evidence -5 (novelty) on every slice
+    neighbour = torch.tensor([0.0, 3.9, 4.0, 1000.0])
+    evidence = net.neighbour_evidence(neighbour)
+    assert torch.isinf(evidence[:2]).all() and (evidence[:2] < 0).all()
+    assert torch.allclose(evidence[2:], 2.0 * torch.log1p(neighbour[2:]) - 3.0)
+    probability = net.combine(logit, novelty, neighbour=neighbour)
+    # without the gate z = 3.9 would give 2 log(4.9) - 3 = 0.18 > -5: the network's evidence decides instead
+    assert torch.allclose(probability[:2], torch.sigmoid(torch.tensor([-5.0, -5.0])))
+    assert torch.allclose(probability[2:], torch.sigmoid(evidence[2:]))
+    ungated = _with_neighbour_map((2.0, -3.0))
+    assert ungated.combine(logit, novelty, neighbour=neighbour)[1] > 0.5
+
+
+def test_weights_saved_before_the_gate_load_with_every_z_counting():
+    state = _with_neighbour_map((2.0, -3.0), gate=1.5).state_dict()
+    assert "neighbour_gate" in state
+    del state["neighbour_gate"]
+    other = _with_neighbour_map((1.0, -1.0), gate=9.0)
+    other.load_state_dict(state)  # strict: the missing gate is filled in with 0
+    assert float(other.neighbour_gate) == 0.0 and float(other.neighbour_scale) == 2.0
+    assert torch.isfinite(other.neighbour_evidence(torch.tensor([0.0, 0.5]))).all()
