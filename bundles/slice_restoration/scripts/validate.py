@@ -101,6 +101,12 @@ def bar_on_validation_anatomies(weights: list[str], split: str) -> None:
         print(f"{spec:<60} {results['severities']['0.5']['mean']['network']['psnr_mask']:6.2f} "
               f"{bar['psnr_gain_over_corrupted_db']['value']:6.2f} {psnr_ok:>8}/{n_kinds} {ssim_ok:>7}/{n_kinds} "
               f"{bar['clean_slice_mae']['value']:9.4f}")
+        # the kinds that miss, with the network's margin over the best classical method
+        for criterion, label, digits in (("psnr_margin_over_best_classical_db", "short of +2 dB", 2),
+                                         ("ssim_margin_over_best_classical", "short on SSIM", 3)):
+            margins = bar[criterion]["per_kind"]
+            short = ", ".join(f"{kind} {margins[kind]:+.{digits}f}" for kind in bar[criterion]["failing"])
+            print(f"    {label}: {short or 'none'}")
 
 
 if __name__ == "__main__":
