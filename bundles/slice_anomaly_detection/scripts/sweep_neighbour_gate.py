@@ -2,8 +2,9 @@
 
 The detector's neighbour evidence ``a · log(1 + z) + b`` counts only where ``log(1 + z)`` reaches a gate, a
 quantile of the clean calibration head slices' ``log(1 + z)`` (see ``SliceAnomalyNet.neighbour_gate``). This
-script scores every slice once per volume (network evidence with the scan shift, and the texture statistics' z),
-then recombines them offline for each gate, so that several gates cost one pass over the data. The protocol is
+script scores every slice once per volume (the network's logit and novelty, the scan shift, the texture
+statistics' z), then combines them with ``SliceAnomalyNet.combine`` for each gate, so that several gates cost one
+pass over the data. The protocol is
 ``compare_scan_reference.py``'s: thresholds at 1 % FPR on the head slices of clean calibration scans (anatomies
 920-959, training styles), then the detection evaluation's protocol on anatomies 960-975 in training,
 *validation* and *low-contrast validation* styles at severity 0.5. The map ``(a, b)`` is the bundle's.
@@ -40,15 +41,13 @@ BUNDLE = Path(__file__).resolve().parents[1]
 SPLITS = ("train", "validation", "validation_low")
 
 
-def evidence(detector: SliceAnomalyDetector, volume01: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(network evidence [D], log(1 + z) [D])``: the calibrated, scan-shifted maximum of the classifier and
-    novelty evidence, and the texture statistics' score, as ``SliceAnomalyDetector.score01`` computes them."""
+def evidence(detector: SliceAnomalyDetector, volume01: np.ndarray) -> tuple[torch.Tensor, ...]:
+    """``(logit, novelty, scan shift, z)`` of every slice: what ``SliceAnomalyNet.combine`` needs, computed once."""
     net = detector.network
     logit, novelty = detector.evidence01(volume01)
     anatomy = torch.as_tensor(foreground_slices(volume01))
-    shift = net.scan_shift(logit[anatomy], novelty[anatomy])
-    network = (net.calibrated_evidence(logit, novelty) - shift).max(dim=-1).values.numpy()
-    return network.astype(np.float64), np.log1p(texture_slice_scores(volume01))
+    z = torch.as_tensor(texture_slice_scores(volume01), dtype=torch.float32)
+    return logit, novelty, net.scan_shift(logit[anatomy], novelty[anatomy]), z
 
 
 def scored_split(detector: SliceAnomalyDetector, split: str, anatomies: int, severity: float) -> list[dict]:
@@ -66,10 +65,12 @@ def scored_split(detector: SliceAnomalyDetector, split: str, anatomies: int, sev
     return rows
 
 
-def probability(row_evidence: tuple[np.ndarray, np.ndarray], scale: float, offset: float, gate: float) -> np.ndarray:
-    network, log_z = row_evidence
-    neighbour = np.where(log_z >= gate, scale * log_z + offset, -np.inf)
-    return 1.0 / (1.0 + np.exp(-np.maximum(network, neighbour)))
+def probability(net: torch.nn.Module, row_evidence: tuple[torch.Tensor, ...], gate: float | None) -> np.ndarray:
+    """The detector's probabilities, the neighbour evidence gated at ``log(1 + z) >= gate`` (``None``: left out)."""
+    logit, novelty, shift, z = row_evidence
+    if gate is not None:
+        net.neighbour_gate.fill_(gate)
+    return net.combine(logit, novelty, shift, None if gate is None else z).numpy()
 
 
 def main() -> None:
@@ -79,14 +80,15 @@ def main() -> None:
     parser.add_argument("--severity", type=float, default=0.5)
     args = parser.parse_args()
     detector = SliceAnomalyDetector.from_bundle(BUNDLE, device="cpu")
-    scale, offset = float(detector.network.neighbour_scale), float(detector.network.neighbour_offset)
-    if scale <= 0.0:
+    net = detector.network
+    if not net.uses_neighbour_evidence:
         parser.error("the bundle's weights carry no neighbour-evidence calibration")
+    scale, offset = float(net.neighbour_scale), float(net.neighbour_offset)
 
     calibration = [(evidence(detector, np.asarray(v["volume"], dtype=np.float32)), v["head"])
                    for v in tqdm(validation_volumes(range(920, 960), seed=2), desc="calibration scans", unit="scan")]
-    clean_log_z = np.concatenate([e[1][head] for e, head in calibration])
-    variants = {"network evidence only": np.inf, "no gate": -np.inf}
+    clean_log_z = np.log1p(np.concatenate([e[3].numpy()[head] for e, head in calibration]))
+    variants: dict[str, float | None] = {"network evidence only": None, "no gate": 0.0}
     for q in args.quantiles:
         variants[f"gate q={q:g}"] = float(np.quantile(clean_log_z, q))
     splits = {split: scored_split(detector, split, args.anatomies, args.severity) for split in SPLITS}
@@ -97,21 +99,21 @@ def main() -> None:
     print(f"{'variant':<22}{'gate z':>8}{'threshold':>10}" + header)
     for name, gate in variants.items():
         threshold = threshold_at_fpr(
-            np.concatenate([probability(e, scale, offset, gate)[head] for e, head in calibration]), 0.01)
+            np.concatenate([probability(net, e, gate)[head] for e, head in calibration]), 0.01)
         cells = []
         for rows in splits.values():
-            clean = np.concatenate([probability(r["evidence"], scale, offset, gate)[r["head"]]
+            clean = np.concatenate([probability(net, r["evidence"], gate)[r["head"]]
                                     for r in rows if r["kind"] == "clean"])
             per_kind = {}
             for kind in ARTIFACT_KINDS:
-                positive = np.concatenate([probability(r["evidence"], scale, offset, gate)[r["chosen"]]
+                positive = np.concatenate([probability(net, r["evidence"], gate)[r["chosen"]]
                                            for r in rows if r["kind"] == kind])
                 labels = np.r_[np.ones(positive.size, bool), np.zeros(clean.size, bool)]
                 per_kind[kind] = auroc(np.r_[positive, clean], labels)
             worst = min(per_kind, key=per_kind.get)
             cells.append(f"{per_kind[worst]:.4f} ({worst[:13]}) {per_kind['gibbs']:.4f} "
                          f"{np.mean(clean >= threshold):.2%}")
-        gate_z = "-" if not np.isfinite(gate) else f"{np.expm1(gate):.2f}"
+        gate_z = "-" if not gate else f"{np.expm1(gate):.2f}"
         print(f"{name:<22}{gate_z:>8}{threshold:>10.4f}" + "".join(f"{c:>44}" for c in cells))
 
 
