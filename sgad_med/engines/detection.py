@@ -329,12 +329,12 @@ def calibrate_scan_reference(
         if scale > 0.0:  # a larger |z| is never evidence of a clean slice
             network.neighbour_scale.fill_(0.0)
             without = stored_threshold(head_probabilities(), target_fpr)
-            clean_z = torch.cat([z[head] for _, _, z, _, head in scans if z is not None]).cpu().numpy()
-            meeting = float(np.quantile(np.log1p(clean_z), 1.0 - neighbour_share * target_fpr))
+            clean_log_z = np.log1p(torch.cat([z[head] for _, _, z, _, head in scans if z is not None]).cpu().numpy())
+            meeting = float(np.quantile(clean_log_z, 1.0 - neighbour_share * target_fpr))
             neighbour_map = (scale, float(np.log(without / (1.0 - without))) - scale * meeting)
             # below the gate, ordinary texture variation would lift the bulk of clean slices above the damaged
             # slices the network scores weakly (the ranking, not the threshold, suffers)
-            gate = float(np.quantile(np.log1p(clean_z), neighbour_gate_quantile)) if neighbour_gate_quantile else 0.0
+            gate = float(np.quantile(clean_log_z, neighbour_gate_quantile)) if neighbour_gate_quantile else 0.0
     network.neighbour_scale.fill_(neighbour_map[0])
     network.neighbour_offset.fill_(neighbour_map[1])
     network.neighbour_gate.fill_(gate)
