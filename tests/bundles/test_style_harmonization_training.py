@@ -82,7 +82,11 @@ def test_unpaired_training_runs_on_folders_of_scans(tiny_harmonization, tmp_path
                      folder / f"scan{k}.nii.gz")
     overrides = dict(tiny_harmonization, source_dir=str(tmp_path / "site_a"), reference_dir=str(tmp_path / "site_b"))
     workflow = _train(overrides, "train_unpaired.json")
-    output = workflow.parser.get_parsed_content("train#trainer").state.output
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    # two generators (there and back), each its own network, as in CycleGAN
+    assert trainer.generator is not trainer.generator_back
+    assert not {id(p) for p in trainer.generator.parameters()} & {id(p) for p in trainer.generator_back.parameters()}
+    output = trainer.state.output
     assert np.isfinite(output["cycle"]) and np.isfinite(output["g_loss"])
     assert (tmp_path / "models" / "model_unpaired.pt").exists()
 
