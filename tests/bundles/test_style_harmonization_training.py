@@ -72,6 +72,45 @@ def test_training_resumes_from_a_checkpoint(tiny_harmonization, tmp_path):
     assert "state" in saved["g_optimizer"] and saved["g_optimizer"]["state"], "optimizer moments are resumed too"
 
 
+def _learning_rates_by_iteration(overrides: dict, *layers: str) -> list[tuple[float, float]]:
+    """(generator lr, discriminator lr) after every iteration of a run of ``train.json`` (+ ``layers``)."""
+    from ignite.engine import Events
+
+    files = [str(CONFIGS / "train.json"), *(str(CONFIGS / layer) for layer in layers)]
+    workflow = ConfigWorkflow(config_file=files, workflow_type="train", **overrides)
+    workflow.initialize()
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    rates = []
+    # registered after the bundle's handlers, so it sees the lr the scheduler has just set
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda engine: rates.append(
+        (engine.g_optimizer.param_groups[0]["lr"], engine.d_optimizer.param_groups[0]["lr"])))
+    workflow.run()
+    return rates
+
+
+def test_learning_rate_is_constant_by_default_and_decays_linearly_to_the_end_factor(tiny_harmonization):
+    tiny_harmonization["max_epochs"] = 2  # 4 iterations
+    constant = _learning_rates_by_iteration(dict(tiny_harmonization))
+    assert constant == [(2e-4, 2e-4)] * 4
+
+    decayed = _learning_rates_by_iteration(dict(tiny_harmonization, lr_end_factor=0.0))
+    expected = [2e-4 * (1 - step / 4) for step in range(1, 5)]  # per iteration, reaching 0 at the last one
+    assert np.allclose([g for g, _ in decayed], expected, atol=1e-12)
+    assert np.allclose([d for _, d in decayed], expected, atol=1e-12)
+
+
+def test_unpaired_training_decays_the_learning_rate_too(tiny_harmonization, tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    affine = np.diag([8.0, 8.0, 8.0, 1.0])
+    for k in range(2):
+        nib.save(nib.Nifti1Image(smooth_volume(shape=(24, 28, 10), seed=k), affine), str(site / f"s{k}.nii.gz"))
+    overrides = dict(tiny_harmonization, source_dir=str(site), reference_dir=str(site), lr_end_factor=0.5)
+    rates = _learning_rates_by_iteration(overrides, "train_unpaired.json")
+    assert rates and np.isclose(rates[-1][0], 1e-4) and np.isclose(rates[-1][1], 1e-4)
+    assert all(a[0] > b[0] for a, b in zip(rates, rates[1:]))
+
+
 def test_unpaired_training_runs_on_folders_of_scans(tiny_harmonization, tmp_path):
     for site, seed in (("site_a", 1), ("site_b", 2)):
         folder = tmp_path / site
