@@ -88,6 +88,31 @@ class SliceAnomalyDetector(SliceNetworkRunner):
         return logits, novelties
 
     @torch.no_grad()
+    def slice_evidence01(self, volume01: torch.Tensor | np.ndarray, scan_shift: bool = True, neighbour: bool = True
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """What :meth:`SliceAnomalyNet.combine <sgad_med.networks.SliceAnomalyNet.combine>` takes, for every slice
+        of a normalized volume ``[H, W, D]``, on the detector's device.
+
+        Args:
+            volume01: the volume, slice axis last.
+            scan_shift: compute the scan shift (how unusual the slices with anatomy look as a whole, by the
+                network's calibration); ``None`` in its place otherwise.
+            neighbour: compute the neighbour texture statistic of each slice; ``None`` in its place otherwise.
+
+        Returns:
+            ``(logit [D], novelty [D], shift [2] or None, neighbour [D] or None)``.
+        """
+        logit, novelty = (e.to(self.device) for e in self.evidence01(volume01))
+        shift = z = None
+        if scan_shift:
+            anatomy = torch.as_tensor(foreground_slices(volume01), device=self.device)
+            shift = self.network.scan_shift(logit[anatomy], novelty[anatomy])
+        if neighbour:
+            z = torch.as_tensor(texture_slice_scores(np.asarray(volume01, dtype=np.float32)), dtype=torch.float32,
+                                device=self.device)
+        return logit, novelty, shift, z
+
+    @torch.no_grad()
     def score01(self, volume01: torch.Tensor | np.ndarray, harmonized: bool = False) -> np.ndarray:
         """Probabilities ``[D]`` for a normalized volume ``[H, W, D]`` in [0, 1].
 
@@ -103,15 +128,9 @@ class SliceAnomalyDetector(SliceNetworkRunner):
                 harmonized, ~9 as scanned), so the neighbour evidence is left out; the network, trained on
                 harmonized slices too, judges them alone.
         """
-        logit, novelty = (e.to(self.device) for e in self.evidence01(volume01))
-        shift = neighbour = None
-        if self.scan_relative:
-            anatomy = torch.as_tensor(foreground_slices(volume01), device=self.device)
-            shift = self.network.scan_shift(logit[anatomy], novelty[anatomy])
-        if self.neighbour_statistics and not harmonized and self.network.uses_neighbour_evidence:
-            neighbour = torch.as_tensor(texture_slice_scores(np.asarray(volume01, dtype=np.float32)),
-                                        dtype=torch.float32, device=self.device)
-        return self.network.combine(logit, novelty, shift, neighbour).cpu().numpy().astype(np.float32)
+        use_neighbours = self.neighbour_statistics and not harmonized and self.network.uses_neighbour_evidence
+        evidence = self.slice_evidence01(volume01, scan_shift=self.scan_relative, neighbour=use_neighbours)
+        return self.network.combine(*evidence).cpu().numpy().astype(np.float32)
 
     def score(self, scan: Scan) -> np.ndarray:
         """Per-slice probabilities ``[D]`` in [0, 1] along the last axis of the RAS-oriented scan."""

@@ -62,6 +62,20 @@ def test_a_scan_that_looks_unusual_throughout_is_judged_against_its_own_median()
     np.testing.assert_allclose(relative, torch.sigmoid(logit - (logit.median() + 1.0)).numpy(), atol=1e-6)
 
 
+def test_slice_evidence_is_what_combine_takes_and_skips_what_is_not_asked_for():
+    volume = torch.rand(40, 44, 11)
+    detector = _detector()
+    logit, novelty, shift, z = detector.slice_evidence01(volume)
+    own_logit, own_novelty = detector.evidence01(volume)
+    torch.testing.assert_close(logit, own_logit)
+    torch.testing.assert_close(novelty, own_novelty)
+    assert shift.shape == (2,)
+    np.testing.assert_allclose(z.numpy(), texture_slice_scores(volume.numpy()), rtol=1e-6)
+    assert detector.slice_evidence01(volume, scan_shift=False, neighbour=False)[2:] == (None, None)
+    np.testing.assert_allclose(detector.score01(volume), detector.network.combine(logit, novelty, shift).numpy(),
+                               atol=1e-6)
+
+
 NEIGHBOUR_MAP = (6.0, -31.0)  # logit > 2.2 (probability > 0.9) only where log(1 + z) > 5.53, i.e. z > 250
 
 

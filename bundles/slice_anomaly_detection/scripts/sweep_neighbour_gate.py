@@ -34,8 +34,6 @@ from sgad_med.evaluation.detection import (
     validation_volumes,
 )
 from sgad_med.transforms.artifacts import ARTIFACT_KINDS, apply_slice_artifact
-from sgad_med.transforms.slice_statistics import texture_slice_scores
-from sgad_med.transforms.slices import foreground_slices
 
 BUNDLE = Path(__file__).resolve().parents[1]
 SPLITS = ("train", "validation", "validation_low")
@@ -43,11 +41,7 @@ SPLITS = ("train", "validation", "validation_low")
 
 def evidence(detector: SliceAnomalyDetector, volume01: np.ndarray) -> tuple[torch.Tensor, ...]:
     """``(logit, novelty, scan shift, z)`` of every slice: what ``SliceAnomalyNet.combine`` needs, computed once."""
-    net = detector.network
-    logit, novelty = detector.evidence01(volume01)
-    anatomy = torch.as_tensor(foreground_slices(volume01))
-    z = torch.as_tensor(texture_slice_scores(volume01), dtype=torch.float32)
-    return logit, novelty, net.scan_shift(logit[anatomy], novelty[anatomy]), z
+    return tuple(part.cpu() for part in detector.slice_evidence01(volume01))
 
 
 def scored_split(detector: SliceAnomalyDetector, split: str, anatomies: int, severity: float) -> list[dict]:
