@@ -13,12 +13,15 @@ from monai.networks.nets import BasicUNet
 from torch import nn
 
 
-def slice_stack_unet(context: int, out_channels: int, features: Sequence[int], dropout: float = 0.0) -> BasicUNet:
-    """The MONAI :class:`~monai.networks.nets.BasicUNet` our slice networks share: ``2 * context + 1`` slices in
-    as channels, resize-then-convolve upsampling (no transposed-convolution checkerboard), instance norm."""
+def slice_stack_unet(
+    context: int, out_channels: int, features: Sequence[int], dropout: float = 0.0, extra_channels: int = 0
+) -> BasicUNet:
+    """The MONAI :class:`~monai.networks.nets.BasicUNet` our slice networks share: ``2 * context + 1`` slices
+    (plus ``extra_channels`` maps derived from them) in as channels, resize-then-convolve upsampling (no
+    transposed-convolution checkerboard), instance norm."""
     return BasicUNet(
         spatial_dims=2,
-        in_channels=2 * int(context) + 1,
+        in_channels=2 * int(context) + 1 + int(extra_channels),
         out_channels=out_channels,
         features=tuple(features),
         dropout=dropout,

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from sgad_med.networks.residual_unet import slice_stack_unet
+from sgad_med.networks.slice_alignment import align_to_reference
 
 
 class SliceRestorationNet(nn.Module):
@@ -31,12 +32,20 @@ class SliceRestorationNet(nn.Module):
     rebuild even clean slices from their neighbours (mean ``1 - g`` of 0.96 on clean validation slices), which
     changes a slice the detector flagged by mistake.
 
+    With ``align=True`` slice k is first re-registered in-plane to the mean of its two nearest neighbours
+    (:func:`~sgad_med.networks.slice_alignment.align_to_reference`: integer phase correlation, a shift taken only
+    when its peak is clear), the re-registered slice is an extra input channel, and the gate keeps it in place of
+    slice k. A slice displaced between acquisitions then keeps its own anatomy instead of being rebuilt from the
+    neighbours; an undisplaced slice gets no shift, so the re-registered slice is slice k bit for bit.
+
     Args:
         context: neighbours on each side; ``in_channels = 2 * context + 1`` (at least 1).
         features: BasicUNet's six feature sizes.
         dropout: dropout probability inside the U-Net.
         gated: combine slice and neighbours through a learned gate (default) or only add a residual.
         gate_residual: apply the residual only where the gate takes the neighbours (see above).
+        align: re-register slice k to its neighbours first (see above; gated networks only).
+        max_shift: with ``align``, the largest displacement searched along each axis, in pixels.
 
     Example::
 
@@ -51,15 +60,23 @@ class SliceRestorationNet(nn.Module):
         dropout: float = 0.0,
         gated: bool = True,
         gate_residual: bool = False,
+        align: bool = False,
+        max_shift: int = 8,
     ) -> None:
         super().__init__()
         if int(context) < 1:
             raise ValueError(f"restoration needs at least one neighbour on each side, got context={context}")
+        if align and not gated:
+            raise ValueError("align=True needs the gated output: the gate is what keeps the re-registered slice")
         self.context = int(context)
         self.gated = gated
         self.gate_residual = gate_residual
+        self.align = align
+        self.max_shift = int(max_shift)
         self.last_gate: torch.Tensor | None = None
-        self.unet = slice_stack_unet(self.context, 2 if gated else 1, features, dropout)
+        self.last_gate_logits: torch.Tensor | None = None
+        self.last_kept: torch.Tensor | None = None  # the slice the gate keeps (slice k, or it re-registered)
+        self.unet = slice_stack_unet(self.context, 2 if gated else 1, features, dropout, extra_channels=int(align))
 
     @property
     def in_channels(self) -> int:
@@ -69,13 +86,19 @@ class SliceRestorationNet(nn.Module):
     def forward(self, stack: torch.Tensor) -> torch.Tensor:
         c = self.context
         centre = stack[:, c : c + 1]
-        out = self.unet(stack)
+        neighbours = 0.5 * (stack[:, c - 1 : c] + stack[:, c + 1 : c + 2])
+        if self.align:
+            centre = align_to_reference(centre[:, 0], neighbours[:, 0], self.max_shift)[:, None]
+            out = self.unet(torch.cat([stack, centre], dim=1))
+        else:
+            out = self.unet(stack)
         if not self.gated:
             return centre + out
-        neighbours = 0.5 * (stack[:, c - 1 : c] + stack[:, c + 1 : c + 2])
         gate = torch.sigmoid(out[:, :1])
-        # kept for RestorationLoss's keep term during training only (not held on to at inference)
+        # kept for RestorationLoss's keep and gate terms during training only (not held on to at inference)
         self.last_gate = gate if self.training else None
+        self.last_gate_logits = out[:, :1] if self.training else None
+        self.last_kept = centre if self.training else None
         if self.gate_residual:
             return gate * centre + (1.0 - gate) * (neighbours + out[:, 1:])
         return gate * centre + (1.0 - gate) * neighbours + out[:, 1:]

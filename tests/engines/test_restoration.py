@@ -60,6 +60,30 @@ def test_keep_term_charges_the_pixels_taken_from_the_neighbours():
     assert "network" not in dict(RestorationLoss(keep_weight=0.5, network=network).named_children())
 
 
+def test_gate_term_asks_to_keep_exactly_the_pixels_the_kept_slice_has_right():
+    network = SliceRestorationNet(context=2, features=TINY, gate_residual=True).train()
+    stack = torch.rand(2, 5, 32, 32)
+    truth = stack[:, 2:3].clone()
+    truth[:, :, :16] += 0.5  # the top half of slice k is damaged, the bottom half right
+    pred = network(stack)
+    plain = RestorationLoss()(pred, truth)
+    gated = RestorationLoss(gate_weight=0.3, gate_tolerance=0.02, network=network)(pred, truth)
+    keep_target = torch.zeros_like(truth)
+    keep_target[:, :, 16:] = 1.0
+    expected = torch.nn.functional.binary_cross_entropy(network.last_gate, keep_target)
+    assert gated.item() == pytest.approx(plain.item() + 0.3 * expected.item(), rel=1e-4)
+    gated.backward()
+    assert network.unet.final_conv.weight.grad.abs().sum() > 0
+    # with align the target follows the slice the gate keeps (re-registered), not slice k as given
+    aligned = SliceRestorationNet(context=2, features=TINY, gate_residual=True, align=True).train()
+    aligned(stack)
+    assert aligned.last_kept is not None and aligned.last_kept.shape == truth.shape
+    with pytest.raises(ValueError, match="gate_weight"):
+        RestorationLoss(gate_weight=-0.1)
+    with pytest.raises(ValueError, match="gated"):
+        RestorationLoss(gate_weight=0.1, network=SliceRestorationNet(context=2, features=TINY, gated=False))
+
+
 def test_prepare_batch_feeds_the_damaged_stack_and_the_clean_slice():
     batch = {"image": torch.rand(3, 5, 16, 16), "clean": torch.rand(3, 1, 16, 16), "label": torch.ones(3, 1)}
     image, target = prepare_restoration_batch(batch, torch.device("cpu"))

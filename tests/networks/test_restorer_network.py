@@ -55,3 +55,47 @@ def test_gated_residual_leaves_an_open_gate_exact(gate_residual):
         assert change < 1e-6  # the residual is switched off with the neighbours
     else:
         assert torch.isclose(change, torch.tensor(0.25), atol=1e-5)
+
+
+def _aligned_with_open_gate() -> SliceRestorationNet:
+    net = SliceRestorationNet(context=2, features=TINY, gate_residual=True, align=True)
+    nn.init.zeros_(net.unet.final_conv.weight)
+    with torch.no_grad():
+        net.unet.final_conv.bias.copy_(torch.tensor([30.0, 0.0]))  # gate open: keep the (re-registered) slice
+    return net.eval()
+
+
+def _smooth_stack(batch: int = 2) -> torch.Tensor:
+    """Five identical slices of a smooth blob inside a zero border: neighbours that match slice k."""
+    yy, xx = torch.meshgrid(torch.arange(40.0), torch.arange(48.0), indexing="ij")
+    blob = torch.exp(-((yy - 18) ** 2 / 60 + (xx - 26) ** 2 / 120))
+    blob = blob + 0.5 * torch.exp(-((yy - 26) ** 2 + (xx - 16) ** 2) / 20)
+    blob[:4], blob[-4:], blob[:, :4], blob[:, -4:] = 0, 0, 0, 0
+    return blob.expand(batch, 5, 40, 48).clone()
+
+
+def test_align_adds_the_re_registered_slice_as_an_input_channel():
+    net = SliceRestorationNet(context=2, features=TINY, align=True)
+    assert net.unet.conv_0.conv_0.conv.in_channels == 6
+    assert net.in_channels == 5  # the stack the caller gives is unchanged
+    assert net(torch.rand(1, 5, 32, 32)).shape == (1, 1, 32, 32)
+
+
+def test_align_keeps_a_displaced_slice_moved_back_and_an_undisplaced_one_exactly():
+    from sgad_med.networks.slice_alignment import translate
+
+    net = _aligned_with_open_gate()
+    stack = _smooth_stack()
+    with torch.no_grad():
+        assert torch.equal(net(stack)[:, 0], stack[:, 2])  # no displacement: slice k bit for bit
+        displaced = stack.clone()
+        displaced[:, 2] = translate(stack[:, 2], torch.tensor([[3, -2], [-4, 0]]))
+        restored = net(displaced)[:, 0]
+    inner = (slice(None), slice(6, -6), slice(6, -6))
+    assert torch.allclose(restored[inner], stack[:, 2][inner], atol=1e-6)
+    assert (displaced[:, 2] - stack[:, 2])[inner].abs().max() > 0.1  # the displacement was real
+
+
+def test_align_needs_the_gate():
+    with pytest.raises(ValueError, match="gate"):
+        SliceRestorationNet(context=2, features=TINY, gated=False, align=True)

@@ -8,7 +8,10 @@ methods, and the clean-slice check), on training-pool anatomies 960-969 that no 
 ``--split`` styles (``validation``: grey/white-matter contrast just below every training style; ``train``).
 
     python bundles/slice_restoration/scripts/validate.py bundles/slice_restoration/models/model.pt \\
-        other/model.pt:gate_residual=True [--corrupt_fraction 0.85] [--protocol bar --split validation]
+        other/model.pt:gate_residual=True,align=True [--corrupt_fraction 0.85] [--protocol bar --split validation]
+
+A weights file may name the network options it was trained with after a colon (``gate_residual``, ``align``;
+the ones not named are off).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ BUNDLE = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("weights", nargs="+", help="weights file, optionally ':gate_residual=True'")
+    parser.add_argument("weights", nargs="+", help="weights file, optionally ':gate_residual=True,align=True'")
     parser.add_argument("--corrupt_fraction", type=float, default=None, help="override train.json's value")
     parser.add_argument("--protocol", choices=("validation_set", "bar"), default="validation_set")
     parser.add_argument("--split", choices=("validation", "train"), default="validation")
@@ -43,8 +46,8 @@ def main() -> None:
     batches = list(loader)
     print(f"{'weights':<60} {'PSNR':>7} {'SSIM':>6} {'clean MAE':>9} {'items':>6} {'clean':>6}")
     for spec in args.weights:
-        path, _, option = spec.partition(":")
-        config["gate_residual"] = option == "gate_residual=True"
+        path, options = network_options(spec)
+        config.update(options)
         network = config.get_parsed_content("network_def", instantiate=True, lazy=False)
         state = torch.load(path, map_location="cpu", weights_only=True)
         network.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
@@ -65,15 +68,26 @@ def main() -> None:
               f"{clean_error / max(clean_items, 1):9.4f} {items:>6} {clean_items:>6}")
 
 
+def network_options(spec: str) -> tuple[str, dict[str, bool]]:
+    """``path[:gate_residual=True,align=True]`` -> the path and both options (``False`` where not named)."""
+    path, _, named = spec.partition(":")
+    options = {"gate_residual": False, "align": False}
+    for item in filter(None, named.split(",")):
+        key, _, value = item.partition("=")
+        if key not in options or value not in ("True", "False"):
+            raise SystemExit(f"{spec}: unknown option {item!r}; known: gate_residual=True|False, align=True|False")
+        options[key] = value == "True"
+    return path, options
+
+
 def load(spec: str) -> torch.nn.Module:
-    """The bundle's network with the weights of ``path[:gate_residual=True]``, in eval mode."""
+    """The bundle's network with the weights and options of ``spec`` (see :func:`network_options`), in eval mode."""
     from sgad_med.networks import SliceRestorationNet
 
-    path, _, option = spec.partition(":")
+    path, options = network_options(spec)
     config = ConfigParser()
     config.read_config(str(BUNDLE / "configs" / "inference.json"))
-    network = SliceRestorationNet(context=config["context"], features=config["features"],
-                                  gate_residual=option == "gate_residual=True")
+    network = SliceRestorationNet(context=config["context"], features=config["features"], **options)
     state = torch.load(path, map_location="cpu", weights_only=True)
     network.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
     return network.eval()
