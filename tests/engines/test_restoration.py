@@ -84,6 +84,26 @@ def test_gate_term_asks_to_keep_exactly_the_pixels_the_kept_slice_has_right():
         RestorationLoss(gate_weight=0.1, network=SliceRestorationNet(context=2, features=TINY, gated=False))
 
 
+def test_gate_term_window_averages_the_error_so_noise_is_not_kept_pixel_by_pixel():
+    network = SliceRestorationNet(context=2, features=TINY, gate_residual=True).train()
+    stack = torch.rand(1, 5, 32, 32)
+    truth = stack[:, 2:3].clone()
+    truth[..., ::2, ::2] += 0.2  # a quarter of the pixels wrong, like noise: pixel by pixel 3/4 look right
+    pred = network(stack)
+    logits = network.last_gate_logits
+    plain = RestorationLoss()(pred, truth).item()
+
+    def gate_term(window: int) -> float:
+        loss = RestorationLoss(gate_weight=1.0, gate_tolerance=0.02, gate_window=window, network=network)
+        return loss(pred, truth).item() - plain
+
+    keep_none = torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits)).item()
+    assert gate_term(5) == pytest.approx(keep_none, rel=1e-4)  # averaged error >= 4/25 * 0.2 > 0.02: keep nothing
+    assert gate_term(1) != pytest.approx(keep_none, rel=1e-2)
+    with pytest.raises(ValueError, match="gate_window"):
+        RestorationLoss(gate_window=4)
+
+
 def test_prepare_batch_feeds_the_damaged_stack_and_the_clean_slice():
     batch = {"image": torch.rand(3, 5, 16, 16), "clean": torch.rand(3, 1, 16, 16), "label": torch.ones(3, 1)}
     image, target = prepare_restoration_batch(batch, torch.device("cpu"))
