@@ -83,15 +83,25 @@ class SliceRestorationNet(nn.Module):
         """Slices in the input stack."""
         return 2 * self.context + 1
 
-    def forward(self, stack: torch.Tensor) -> torch.Tensor:
+    def _kept_neighbours_and_maps(self, stack: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The slice the gate keeps (slice k, re-registered with ``align``), the mean of the nearest neighbours,
+        and the U-Net's output maps."""
         c = self.context
         centre = stack[:, c : c + 1]
         neighbours = 0.5 * (stack[:, c - 1 : c] + stack[:, c + 1 : c + 2])
         if self.align:
             centre = align_to_reference(centre[:, 0], neighbours[:, 0], self.max_shift)[:, None]
-            out = self.unet(torch.cat([stack, centre], dim=1))
-        else:
-            out = self.unet(stack)
+            return centre, neighbours, self.unet(torch.cat([stack, centre], dim=1))
+        return centre, neighbours, self.unet(stack)
+
+    def gate_map(self, stack: torch.Tensor) -> torch.Tensor:
+        """The gate ``g`` ``[N, 1, H, W]`` for a stack: the share of each pixel kept from the slice (1: kept)."""
+        if not self.gated:
+            raise ValueError("an ungated network has no gate")
+        return torch.sigmoid(self._kept_neighbours_and_maps(stack)[2][:, :1])
+
+    def forward(self, stack: torch.Tensor) -> torch.Tensor:
+        centre, neighbours, out = self._kept_neighbours_and_maps(stack)
         if not self.gated:
             return centre + out
         gate = torch.sigmoid(out[:, :1])

@@ -34,9 +34,11 @@ def main() -> None:
     parser.add_argument("--corrupt_fraction", type=float, default=None, help="override train.json's value")
     parser.add_argument("--protocol", choices=("validation_set", "bar"), default="validation_set")
     parser.add_argument("--split", choices=("validation", "train"), default="validation")
+    parser.add_argument("--gate_kinds", nargs="*", default=[],
+                        help="with --protocol bar: also print the mean gate in the head on these kinds ('clean' too)")
     args = parser.parse_args()
     if args.protocol == "bar":
-        return bar_on_validation_anatomies(args.weights, args.split)
+        return bar_on_validation_anatomies(args.weights, args.split, args.gate_kinds)
     config = ConfigParser()
     config.read_config(str(BUNDLE / "configs" / "train.json"))
     config["bundle_root"] = str(BUNDLE)
@@ -93,7 +95,32 @@ def load(spec: str) -> torch.nn.Module:
     return network.eval()
 
 
-def bar_on_validation_anatomies(weights: list[str], split: str) -> None:
+def gate_in_head(network: torch.nn.Module, cases: list[dict], kinds: list[str]) -> str:
+    """Mean gate (share of each pixel kept from the slice) in the head, per kind at severity 0.5, damaged with the
+    evaluation's seeds; for an ``align`` network also on how many ``shift`` slices re-registration was exact."""
+    import numpy as np
+
+    from sgad_med.evaluation.restoration import damage_stacks
+    from sgad_med.networks.slice_alignment import align_to_reference
+
+    c = network.context
+    clean = np.stack([case["stack"] for case in cases])
+    masks = torch.from_numpy(np.stack([case["mask"] for case in cases]))[:, None]
+    parts = []
+    for kind in kinds:
+        stacks = torch.from_numpy(clean if kind == "clean" else damage_stacks(clean, kind, 0.5, context=c))
+        with torch.no_grad():
+            gate = network.gate_map(stacks)
+        parts.append(f"{kind} {float(gate[masks].mean()):.2f}")
+        if kind == "shift" and getattr(network, "align", False):
+            aligned = align_to_reference(stacks[:, c], 0.5 * (stacks[:, c - 1] + stacks[:, c + 1]), network.max_shift)
+            truth = torch.from_numpy(clean[:, c])
+            exact = [bool(torch.equal(a[m], t[m])) for a, t, m in zip(aligned, truth, masks[:, 0])]
+            parts.append(f"(shift re-registered exactly in the head: {sum(exact)}/{len(exact)})")
+    return "    mean gate in the head: " + ", ".join(parts)
+
+
+def bar_on_validation_anatomies(weights: list[str], split: str, gate_kinds: list[str] = ()) -> None:
     from sgad_med.evaluation.restoration import (
         evaluate_restoration,
         network_method,
@@ -106,7 +133,8 @@ def bar_on_validation_anatomies(weights: list[str], split: str) -> None:
     print(f"anatomies 960-969 in {split} styles, {len(cases)} slices, severity 0.5")
     print(f"{'weights':<60} {'PSNR':>6} {'gain':>6} {'kinds +2 dB':>11} {'kinds SSIM':>10} {'clean MAE':>9}")
     for spec in weights:
-        restorer = SliceRestorer(load(spec), device="cpu")
+        network = load(spec)
+        restorer = SliceRestorer(network, device="cpu")
         results = evaluate_restoration(cases, network_method(restorer), severities=[0.5])
         bar = quality_bar(results)
         n_kinds = len(bar["psnr_margin_over_best_classical_db"]["per_kind"])
@@ -121,6 +149,8 @@ def bar_on_validation_anatomies(weights: list[str], split: str) -> None:
             margins = bar[criterion]["per_kind"]
             short = ", ".join(f"{kind} {margins[kind]:+.{digits}f}" for kind in bar[criterion]["failing"])
             print(f"    {label}: {short or 'none'}")
+        if gate_kinds:
+            print(gate_in_head(network, cases, list(gate_kinds)))
 
 
 if __name__ == "__main__":
