@@ -78,7 +78,7 @@ def test_from_bundle_loads_weights_and_refuses_a_bundle_without_them(tmp_path, n
     with pytest.raises(BundleError, match="model.pt"):
         SliceRestorer.from_bundle(bundle, device="cpu")
     (bundle / "models").mkdir()
-    torch.save(SliceRestorationNet(context=2).state_dict(), bundle / "models" / "model.pt")
+    torch.save(SliceRestorationNet(context=2, align=True).state_dict(), bundle / "models" / "model.pt")
     restorer = SliceRestorer.from_bundle(bundle, device="cpu")
     assert restorer.context == 2
     scan = load_scan(nifti_file[0])
