@@ -44,11 +44,11 @@ class RestorationLoss(nn.Module):
     The optional gate term, ``gate_weight`` · BCE(g, t), tells the gate directly where to keep: the target ``t``
     is 1 where the slice the gate keeps (slice k, or slice k re-registered with ``align``) is within
     ``gate_tolerance`` of the clean slice, its absolute error averaged over ``gate_window`` × ``gate_window``
-    pixels, else 0, known exactly in synthetic training. Averaged because, pixel by pixel, noise leaves a random
-    share of pixels within the tolerance, a target no network can predict: the gate then learnt to keep about
-    that share of every noisy slice, mixing the noise back in. The L1 loss alone only
-    reaches the gate through ``g (1 - g)``, which vanishes once the gate has shut: trained that way, the gate
-    stayed shut (mean 0.05-0.08 in the head) even on slices the re-registration had made exact.
+    pixels, else 0, known exactly in synthetic training. The L1 loss alone reaches the gate only through
+    ``g (1 - g)``, which vanishes once the gate has shut: trained that way, the gate stayed shut (mean 0.05-0.08 in
+    the head) even on slices the re-registration had made exact. The error is averaged because, pixel by pixel,
+    noise leaves a random share of pixels within the tolerance, a target no network can predict: the gate then
+    learnt to keep about that share of every noisy slice, mixing the noise back in.
 
     Args:
         l1_weight: weight of the mean absolute error.

@@ -73,10 +73,14 @@ class SliceRestorationNet(nn.Module):
         self.gate_residual = gate_residual
         self.align = align
         self.max_shift = int(max_shift)
-        self.last_gate: torch.Tensor | None = None
         self.last_gate_logits: torch.Tensor | None = None
         self.last_kept: torch.Tensor | None = None  # the slice the gate keeps (slice k, or it re-registered)
         self.unet = slice_stack_unet(self.context, 2 if gated else 1, features, dropout, extra_channels=int(align))
+
+    @property
+    def last_gate(self) -> torch.Tensor | None:
+        """The gate of the last training forward (``None`` after an inference forward)."""
+        return None if self.last_gate_logits is None else torch.sigmoid(self.last_gate_logits)
 
     @property
     def in_channels(self) -> int:
@@ -106,7 +110,6 @@ class SliceRestorationNet(nn.Module):
             return centre + out
         gate = torch.sigmoid(out[:, :1])
         # kept for RestorationLoss's keep and gate terms during training only (not held on to at inference)
-        self.last_gate = gate if self.training else None
         self.last_gate_logits = out[:, :1] if self.training else None
         self.last_kept = centre if self.training else None
         if self.gate_residual:
