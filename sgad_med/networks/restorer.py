@@ -98,11 +98,13 @@ class SliceRestorationNet(nn.Module):
             return centre, neighbours, self.unet(torch.cat([stack, centre], dim=1))
         return centre, neighbours, self.unet(stack)
 
-    def gate_map(self, stack: torch.Tensor) -> torch.Tensor:
-        """The gate ``g`` ``[N, 1, H, W]`` for a stack: the share of each pixel kept from the slice (1: kept)."""
+    def gate_map(self, stack: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The gate ``g`` ``[N, 1, H, W]`` for a stack (the share of each pixel kept, 1: kept) and the slice it keeps
+        (slice k, re-registered with ``align``), for inspection."""
         if not self.gated:
             raise ValueError("an ungated network has no gate")
-        return torch.sigmoid(self._kept_neighbours_and_maps(stack)[2][:, :1])
+        kept, _, maps = self._kept_neighbours_and_maps(stack)
+        return torch.sigmoid(maps[:, :1]), kept
 
     def forward(self, stack: torch.Tensor) -> torch.Tensor:
         centre, neighbours, out = self._kept_neighbours_and_maps(stack)

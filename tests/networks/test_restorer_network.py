@@ -31,7 +31,9 @@ def test_the_gate_chooses_between_the_slice_and_its_nearest_neighbours():
     assert torch.allclose(_with_head(30.0)(stack), centre, atol=1e-6)  # gate open: the slice passes through
     assert torch.allclose(_with_head(-30.0)(stack), neighbours, atol=1e-6)  # gate shut: the neighbours
     assert torch.allclose(_with_head(0.0)(stack), 0.5 * (centre + neighbours), atol=1e-6)
-    assert torch.allclose(_with_head(30.0).gate_map(stack), torch.ones(2, 1, 32, 32))
+    gate, kept = _with_head(30.0).gate_map(stack)
+    assert torch.allclose(gate, torch.ones(2, 1, 32, 32))
+    assert torch.equal(kept, centre)
     with pytest.raises(ValueError, match="no gate"):
         _with_head(0.0, gated=False).gate_map(stack)
 

@@ -101,7 +101,6 @@ def gate_in_head(network: torch.nn.Module, cases: list[dict], kinds: list[str]) 
     import numpy as np
 
     from sgad_med.evaluation.restoration import damage_stacks
-    from sgad_med.networks.slice_alignment import align_to_reference
 
     c = network.context
     clean = np.stack([case["stack"] for case in cases])
@@ -110,12 +109,11 @@ def gate_in_head(network: torch.nn.Module, cases: list[dict], kinds: list[str]) 
     for kind in kinds:
         stacks = torch.from_numpy(clean if kind == "clean" else damage_stacks(clean, kind, 0.5, context=c))
         with torch.no_grad():
-            gate = network.gate_map(stacks)
+            gate, kept = network.gate_map(stacks)
         parts.append(f"{kind} {float(gate[masks].mean()):.2f}")
         if kind == "shift" and getattr(network, "align", False):
-            aligned = align_to_reference(stacks[:, c], 0.5 * (stacks[:, c - 1] + stacks[:, c + 1]), network.max_shift)
             truth = torch.from_numpy(clean[:, c])
-            exact = [bool(torch.equal(a[m], t[m])) for a, t, m in zip(aligned, truth, masks[:, 0])]
+            exact = [bool(torch.equal(a[m], t[m])) for a, t, m in zip(kept[:, 0], truth, masks[:, 0])]
             parts.append(f"(shift re-registered exactly in the head: {sum(exact)}/{len(exact)})")
     return "    mean gate in the head: " + ", ".join(parts)
 
