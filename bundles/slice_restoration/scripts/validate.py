@@ -36,9 +36,12 @@ def main() -> None:
     parser.add_argument("--split", choices=("validation", "train"), default="validation")
     parser.add_argument("--gate_kinds", nargs="*", default=[],
                         help="with --protocol bar: also print the mean gate in the head on these kinds ('clean' too)")
+    parser.add_argument("--flip_ensemble", action="store_true",
+                        help="with --protocol bar: average each output with the left-right flipped pass's "
+                             "(sgad_med.inferers.FlipEnsembleInferer)")
     args = parser.parse_args()
     if args.protocol == "bar":
-        return bar_on_validation_anatomies(args.weights, args.split, args.gate_kinds)
+        return bar_on_validation_anatomies(args.weights, args.split, args.gate_kinds, args.flip_ensemble)
     config = ConfigParser()
     config.read_config(str(BUNDLE / "configs" / "train.json"))
     config["bundle_root"] = str(BUNDLE)
@@ -118,21 +121,24 @@ def gate_in_head(network: torch.nn.Module, cases: list[dict], kinds: list[str]) 
     return "    mean gate in the head: " + ", ".join(parts)
 
 
-def bar_on_validation_anatomies(weights: list[str], split: str, gate_kinds: list[str] = ()) -> None:
+def bar_on_validation_anatomies(weights: list[str], split: str, gate_kinds: list[str] = (),
+                                flip_ensemble: bool = False) -> None:
     from sgad_med.evaluation.restoration import (
         evaluate_restoration,
         network_method,
         quality_bar,
         restoration_cases,
     )
+    from sgad_med.inferers import FlipEnsembleInferer
     from sgad_med.restorer import SliceRestorer
 
     cases = restoration_cases(slices_per_volume=3, anatomy_seeds=range(960, 970), split=split)
-    print(f"anatomies 960-969 in {split} styles, {len(cases)} slices, severity 0.5")
+    print(f"anatomies 960-969 in {split} styles, {len(cases)} slices, severity 0.5"
+          + (", left-right flip ensemble" if flip_ensemble else ""))
     print(f"{'weights':<60} {'PSNR':>6} {'gain':>6} {'kinds +2 dB':>11} {'kinds SSIM':>10} {'clean MAE':>9}")
     for spec in weights:
         network = load(spec)
-        restorer = SliceRestorer(network, device="cpu")
+        restorer = SliceRestorer(network, device="cpu", inferer=FlipEnsembleInferer() if flip_ensemble else None)
         results = evaluate_restoration(cases, network_method(restorer), severities=[0.5])
         bar = quality_bar(results)
         n_kinds = len(bar["psnr_margin_over_best_classical_db"]["per_kind"])
