@@ -43,8 +43,12 @@ class SliceNetworkRunner:
     @classmethod
     def from_bundle(cls, bundle: str | os.PathLike | None = None, device: str | torch.device = "auto",
                     **kwargs: Any) -> SliceNetworkRunner:
-        """Build the bundle's ``network_def`` with its ``models/model.pt`` (see :func:`load_bundle_network`)."""
-        network, _ = load_bundle_network(bundle if bundle is not None else cls.default_bundle, device)
+        """Build the bundle's ``network_def`` with its ``models/model.pt`` (see :func:`load_bundle_network`), called
+        through the ``inferer`` of the bundle's ``inference.json`` unless ``inferer=`` is given, so that scripts, the
+        pipeline and ``monai.bundle run`` get the same outputs."""
+        network, parser = load_bundle_network(bundle if bundle is not None else cls.default_bundle, device)
+        if "inferer" not in kwargs and "inferer" in parser:
+            kwargs["inferer"] = parser.get_parsed_content("inferer")
         return cls(network, device=device, **kwargs)
 
     def padded_stacks(self, volume01: torch.Tensor, slices: Sequence[int] | np.ndarray
