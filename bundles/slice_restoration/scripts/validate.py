@@ -10,8 +10,8 @@ methods, and the clean-slice check), on training-pool anatomies 960-969 that no 
     python bundles/slice_restoration/scripts/validate.py bundles/slice_restoration/models/model.pt \\
         other/model.pt:gate_residual=True,align=True [--corrupt_fraction 0.85] [--protocol bar --split validation]
 
-A weights file may name the network options it was trained with after a colon (``gate_residual``, ``align``;
-the ones not named are off).
+A weights file may name the network options it was trained with after a colon (``gate_residual``, ``align``:
+off when not named; ``features``, dash-separated: the bundle's when not named).
 """
 
 from __future__ import annotations
@@ -73,15 +73,20 @@ def main() -> None:
               f"{clean_error / max(clean_items, 1):9.4f} {items:>6} {clean_items:>6}")
 
 
-def network_options(spec: str) -> tuple[str, dict[str, bool]]:
-    """``path[:gate_residual=True,align=True]`` -> the path and both options (``False`` where not named)."""
+def network_options(spec: str) -> tuple[str, dict[str, bool | list[int]]]:
+    """``path[:gate_residual=True,align=True,features=16-32-64-128-256-16]`` -> the path and its options
+    (``gate_residual``/``align`` ``False`` where not named; ``features`` only when named)."""
     path, _, named = spec.partition(":")
-    options = {"gate_residual": False, "align": False}
+    options: dict[str, bool | list[int]] = {"gate_residual": False, "align": False}
     for item in filter(None, named.split(",")):
         key, _, value = item.partition("=")
-        if key not in options or value not in ("True", "False"):
-            raise SystemExit(f"{spec}: unknown option {item!r}; known: gate_residual=True|False, align=True|False")
-        options[key] = value == "True"
+        if key == "features" and all(part.isdigit() for part in value.split("-")):
+            options[key] = [int(part) for part in value.split("-")]
+        elif key in ("gate_residual", "align") and value in ("True", "False"):
+            options[key] = value == "True"
+        else:
+            raise SystemExit(f"{spec}: unknown option {item!r}; known: gate_residual=True|False, align=True|False, "
+                             "features=16-32-64-128-256-16")
     return path, options
 
 
@@ -92,7 +97,7 @@ def load(spec: str) -> torch.nn.Module:
     path, options = network_options(spec)
     config = ConfigParser()
     config.read_config(str(BUNDLE / "configs" / "inference.json"))
-    network = SliceRestorationNet(context=config["context"], features=config["features"], **options)
+    network = SliceRestorationNet(**{"context": config["context"], "features": config["features"], **options})
     state = torch.load(path, map_location="cpu", weights_only=True)
     network.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
     return network.eval()
