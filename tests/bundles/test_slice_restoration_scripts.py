@@ -1,0 +1,49 @@
+"""The slice_restoration bundle's analysis scripts (validate.py, probe_inputs.py): their pure parts."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from sgad_med.transforms.artifacts import ARTIFACTS
+from tests.bundles.conftest import BUNDLES
+
+SCRIPTS = BUNDLES / "slice_restoration" / "scripts"
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _slice() -> np.ndarray:
+    """A smooth test slice in [0.25, 0.75], so that a moderate spike is not clipped."""
+    yy, xx = np.mgrid[:48, :40]
+    return 0.25 + 0.3 * np.exp(-((yy - 24) ** 2 + (xx - 20) ** 2) / 300.0) + 0.2 * (np.abs(xx - 20) < 12)
+
+
+def test_kspace_fusion_takes_a_spike_from_the_neighbours():
+    probe, clean = _script("probe_inputs"), _slice()
+    spiked = ARTIFACTS["spike"](clean, 0.5, np.random.default_rng(0))
+    assert np.abs(spiked - clean).max() > 0.15
+    np.testing.assert_allclose(probe.kspace_fusion(spiked, clean, 2.0), clean, atol=1e-6)
+
+
+def test_intensity_matched_undoes_a_scaling_and_fills_clipped_pixels():
+    probe, clean = _script("probe_inputs"), _slice()
+    np.testing.assert_allclose(probe.intensity_matched(0.5 * clean, clean), clean, atol=1e-9)
+    saturated = np.minimum(2.0 * clean, 1.0)
+    np.testing.assert_allclose(probe.intensity_matched(saturated, clean), clean, atol=1e-9)
+
+
+def test_validate_reads_network_options_from_a_weights_spec():
+    validate = _script("validate")
+    assert validate.network_options("w.pt") == ("w.pt", {"gate_residual": False, "align": False})
+    assert validate.network_options("w.pt:align=True,features=16-32-64-128-256-16") == (
+        "w.pt", {"gate_residual": False, "align": True, "features": [16, 32, 64, 128, 256, 16]})
+    with pytest.raises(SystemExit, match="unknown option"):
+        validate.network_options("w.pt:features=wide")
