@@ -37,10 +37,11 @@ class FlipEnsembleInferer(Inferer):
     def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any,
                  **kwargs: Any) -> torch.Tensor:
         """The ensemble's output on ``inputs`` ``[N, C, *spatial]``; ``args``/``kwargs`` go to the network."""
+        deepest = -min(min(dims) for dims in self.flips) if self.flips else 0
+        if deepest > inputs.ndim - 2:
+            raise ValueError(f"flips {self.flips} need more spatial dimensions than inputs of shape "
+                             f"{tuple(inputs.shape)}")
         total = network(inputs, *args, **kwargs)
         for dims in self.flips:
-            if -min(dims) > inputs.ndim - 2:
-                raise ValueError(f"flip {dims} needs more spatial dimensions than inputs of shape "
-                                 f"{tuple(inputs.shape)}")
             total = total + torch.flip(network(torch.flip(inputs, dims), *args, **kwargs), dims)
         return total / (1 + len(self.flips))

@@ -49,6 +49,8 @@ def test_flips_must_name_spatial_dimensions_from_the_end(flips):
         FlipEnsembleInferer(flips=flips)
 
 
-def test_flip_beyond_the_spatial_dimensions_is_refused():
+def test_flip_beyond_the_spatial_dimensions_is_refused_before_any_pass():
+    net = _WidthRamp()
     with pytest.raises(ValueError, match="more spatial dimensions"):
-        FlipEnsembleInferer(flips=[(-3,)])(torch.rand(1, 1, 4, 4), _WidthRamp())
+        FlipEnsembleInferer(flips=[(-1,), (-3,)])(torch.rand(1, 1, 4, 4), net)
+    assert net.calls == 0
