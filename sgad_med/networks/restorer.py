@@ -9,6 +9,7 @@ from torch import nn
 
 from sgad_med.networks.residual_unet import slice_stack_unet
 from sgad_med.networks.slice_alignment import align_to_reference
+from sgad_med.networks.slice_repair import desaturate, despike
 
 
 class SliceRestorationNet(nn.Module):
@@ -38,6 +39,12 @@ class SliceRestorationNet(nn.Module):
     slice k. A slice displaced between acquisitions then keeps its own anatomy instead of being rebuilt from the
     neighbours; an undisplaced slice gets no shift, so the re-registered slice is slice k bit for bit.
 
+    With ``repair=True`` slice k is first repaired against the mean of its two nearest neighbours: a k-space spike
+    removed (:func:`~sgad_med.networks.slice_repair.despike`), a saturation divided out
+    (:func:`~sgad_med.networks.slice_repair.desaturate`); the repaired (and, with ``align``, re-registered) slice
+    is the extra input channel and the slice the gate keeps. A slice in which neither repair finds its damage is
+    passed on bit for bit.
+
     Args:
         context: neighbours on each side; ``in_channels = 2 * context + 1`` (at least 1).
         features: BasicUNet's six feature sizes.
@@ -46,6 +53,7 @@ class SliceRestorationNet(nn.Module):
         gate_residual: apply the residual only where the gate takes the neighbours (see above).
         align: re-register slice k to its neighbours first (see above; gated networks only).
         max_shift: with ``align``, the largest displacement searched along each axis, in pixels.
+        repair: undo k-space spikes and saturation in slice k first (see above; gated networks only).
 
     Example::
 
@@ -62,20 +70,25 @@ class SliceRestorationNet(nn.Module):
         gate_residual: bool = False,
         align: bool = False,
         max_shift: int = 8,
+        repair: bool = False,
     ) -> None:
         super().__init__()
         if int(context) < 1:
             raise ValueError(f"restoration needs at least one neighbour on each side, got context={context}")
         if align and not gated:
             raise ValueError("align=True needs the gated output: the gate is what keeps the re-registered slice")
+        if repair and not gated:
+            raise ValueError("repair=True needs the gated output: the gate is what keeps the repaired slice")
         self.context = int(context)
         self.gated = gated
         self.gate_residual = gate_residual
         self.align = align
         self.max_shift = int(max_shift)
+        self.repair = repair
         self.last_gate_logits: torch.Tensor | None = None
-        self.last_kept: torch.Tensor | None = None  # the slice the gate keeps (slice k, or it re-registered)
-        self.unet = slice_stack_unet(self.context, 2 if gated else 1, features, dropout, extra_channels=int(align))
+        self.last_kept: torch.Tensor | None = None  # the slice the gate keeps (slice k, or it repaired/re-registered)
+        extra_channels = int(align or repair)  # the kept slice, when it can differ from slice k
+        self.unet = slice_stack_unet(self.context, 2 if gated else 1, features, dropout, extra_channels=extra_channels)
 
     @property
     def last_gate(self) -> torch.Tensor | None:
@@ -88,15 +101,21 @@ class SliceRestorationNet(nn.Module):
         return 2 * self.context + 1
 
     def _kept_neighbours_and_maps(self, stack: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The slice the gate keeps (slice k, re-registered with ``align``), the mean of the nearest neighbours,
-        and the U-Net's output maps."""
+        """The slice the gate keeps (slice k, repaired with ``repair``, re-registered with ``align``), the mean of
+        the nearest neighbours, and the U-Net's output maps."""
         c = self.context
         centre = stack[:, c : c + 1]
         neighbours = 0.5 * (stack[:, c - 1 : c] + stack[:, c + 1 : c + 2])
-        if self.align:
-            centre = align_to_reference(centre[:, 0], neighbours[:, 0], self.max_shift)[:, None]
-            return centre, neighbours, self.unet(torch.cat([stack, centre], dim=1))
-        return centre, neighbours, self.unet(stack)
+        if not (self.align or self.repair):
+            return centre, neighbours, self.unet(stack)
+        kept = centre[:, 0]
+        with torch.no_grad():
+            if self.repair:
+                kept = desaturate(despike(kept, neighbours[:, 0]), neighbours[:, 0])
+            if self.align:
+                kept = align_to_reference(kept, neighbours[:, 0], self.max_shift)
+        kept = kept[:, None]
+        return kept, neighbours, self.unet(torch.cat([stack, kept], dim=1))
 
     def gate_map(self, stack: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The gate ``g`` ``[N, 1, H, W]`` for a stack (the share of each pixel kept, 1: kept) and the slice it keeps

@@ -42,8 +42,8 @@ def test_intensity_matched_undoes_a_scaling_and_fills_clipped_pixels():
 
 def test_validate_reads_network_options_from_a_weights_spec():
     validate = _script("validate")
-    assert validate.network_options("w.pt") == ("w.pt", {"gate_residual": False, "align": False})
-    assert validate.network_options("w.pt:align=True,features=16-32-64-128-256-16") == (
-        "w.pt", {"gate_residual": False, "align": True, "features": [16, 32, 64, 128, 256, 16]})
+    assert validate.network_options("w.pt") == ("w.pt", {"gate_residual": False, "align": False, "repair": False})
+    assert validate.network_options("w.pt:align=True,repair=True,features=16-32-64-128-256-16") == (
+        "w.pt", {"gate_residual": False, "align": True, "repair": True, "features": [16, 32, 64, 128, 256, 16]})
     with pytest.raises(SystemExit, match="unknown option"):
         validate.network_options("w.pt:features=wide")

@@ -104,3 +104,30 @@ def test_align_keeps_a_displaced_slice_moved_back_and_an_undisplaced_one_exactly
 def test_align_needs_the_gate():
     with pytest.raises(ValueError, match="gate"):
         SliceRestorationNet(context=2, features=TINY, gated=False, align=True)
+
+
+def test_repair_adds_the_repaired_slice_as_an_input_channel_and_needs_the_gate():
+    net = SliceRestorationNet(context=2, features=TINY, repair=True)
+    assert net.unet.conv_0.conv_0.conv.in_channels == 6
+    both = SliceRestorationNet(context=2, features=TINY, repair=True, align=True)
+    assert both.unet.conv_0.conv_0.conv.in_channels == 6  # one kept slice, repaired then re-registered
+    with pytest.raises(ValueError, match="gate"):
+        SliceRestorationNet(context=2, features=TINY, gated=False, repair=True)
+
+
+def test_repair_keeps_a_despiked_slice_and_an_undamaged_one_exactly():
+    net = SliceRestorationNet(context=2, features=TINY, gate_residual=True, align=True, repair=True)
+    nn.init.zeros_(net.unet.final_conv.weight)
+    with torch.no_grad():
+        net.unet.final_conv.bias.copy_(torch.tensor([30.0, 0.0]))  # gate open: keep the (repaired) slice
+    net.eval()
+    stack = 0.8 * _smooth_stack(batch=1)
+    spiked = stack.clone()
+    rows, cols = torch.meshgrid(torch.arange(40.0), torch.arange(48.0), indexing="ij")
+    spike = 0.15 * torch.cos(2 * torch.pi * (7 * rows / 40 + 11 * cols / 48) + 0.4)
+    spiked[:, 2] = (stack[:, 2] + spike).clamp(0.0, 1.0)
+    with torch.no_grad():
+        assert torch.equal(net(stack)[:, 0], stack[:, 2])
+        restored = net(spiked)[:, 0]
+    assert (restored - stack[:, 2]).abs().max() < 0.02
+    assert (spiked[:, 2] - stack[:, 2]).abs().max() > 0.1

@@ -10,8 +10,8 @@ methods, and the clean-slice check), on training-pool anatomies 960-969 that no 
     python bundles/slice_restoration/scripts/validate.py bundles/slice_restoration/models/model.pt \\
         other/model.pt:gate_residual=True,align=True [--corrupt_fraction 0.85] [--protocol bar --split validation]
 
-A weights file may name the network options it was trained with after a colon (``gate_residual``, ``align``:
-off when not named; ``features``, dash-separated: the bundle's when not named).
+A weights file may name the network options it was trained with after a colon (``gate_residual``, ``align``,
+``repair``: off when not named; ``features``, dash-separated: the bundle's when not named).
 """
 
 from __future__ import annotations
@@ -75,18 +75,18 @@ def main() -> None:
 
 def network_options(spec: str) -> tuple[str, dict[str, bool | list[int]]]:
     """``path[:gate_residual=True,align=True,features=16-32-64-128-256-16]`` -> the path and its options
-    (``gate_residual``/``align`` ``False`` where not named; ``features`` only when named)."""
+    (``gate_residual``/``align``/``repair`` ``False`` where not named; ``features`` only when named)."""
     path, _, named = spec.partition(":")
-    options: dict[str, bool | list[int]] = {"gate_residual": False, "align": False}
+    options: dict[str, bool | list[int]] = {"gate_residual": False, "align": False, "repair": False}
     for item in filter(None, named.split(",")):
         key, _, value = item.partition("=")
         if key == "features" and all(part.isdigit() for part in value.split("-")):
             options[key] = [int(part) for part in value.split("-")]
-        elif key in ("gate_residual", "align") and value in ("True", "False"):
+        elif key in ("gate_residual", "align", "repair") and value in ("True", "False"):
             options[key] = value == "True"
         else:
             raise SystemExit(f"{spec}: unknown option {item!r}; known: gate_residual=True|False, align=True|False, "
-                             "features=16-32-64-128-256-16")
+                             "repair=True|False, features=16-32-64-128-256-16")
     return path, options
 
 
