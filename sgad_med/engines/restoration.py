@@ -50,6 +50,11 @@ class RestorationLoss(nn.Module):
     noise leaves a random share of pixels within the tolerance, a target no network can predict: the gate then
     learnt to keep about that share of every noisy slice, mixing the noise back in.
 
+    With ``gate_keep_better`` the target is also 1 where the kept slice's averaged error is no larger than that of
+    what the gate would take instead (the neighbours' mean plus the residual, of a ``gate_residual`` network): a
+    slice damaged mildly everywhere (Gibbs ringing) is often off by more than the tolerance and still closer to the
+    truth than anything rebuilt from the neighbours, and the tolerance alone taught the gate to leave it.
+
     Args:
         l1_weight: weight of the mean absolute error.
         ssim_weight: weight of ``1 - SSIM``.
@@ -59,8 +64,11 @@ class RestorationLoss(nn.Module):
         gate_tolerance: largest absolute error (on the [0, 1] scale, averaged over ``gate_window``) of a pixel the
             gate term asks to keep.
         gate_window: side of the square over which the gate term averages the error (1: pixel by pixel).
+        gate_keep_better: also ask the gate to keep where the kept slice is no worse than the alternative (see
+            above; needs a ``gate_residual`` network).
         network: the gated network whose last training forward's gate the keep and gate terms read (its
-            ``last_gate``, ``last_gate_logits``, ``last_kept``); needed when either weight is above 0.
+            ``last_gate``, ``last_gate_logits``, ``last_kept``, ``last_alternative``); needed when either weight is
+            above 0.
 
     Example::
 
@@ -70,7 +78,7 @@ class RestorationLoss(nn.Module):
 
     def __init__(self, l1_weight: float = 1.0, ssim_weight: float = 0.2, win_size: int = 7,
                  keep_weight: float = 0.0, network: nn.Module | None = None, gate_weight: float = 0.0,
-                 gate_tolerance: float = 0.02, gate_window: int = 1) -> None:
+                 gate_tolerance: float = 0.02, gate_window: int = 1, gate_keep_better: bool = False) -> None:
         super().__init__()
         if l1_weight < 0 or ssim_weight < 0 or l1_weight + ssim_weight == 0:
             raise ValueError(f"weights must be >= 0 and not both 0, got l1={l1_weight}, ssim={ssim_weight}")
@@ -81,9 +89,12 @@ class RestorationLoss(nn.Module):
                              f"{keep_weight}, {gate_weight}, {gate_tolerance}")
         if (keep_weight > 0 or gate_weight > 0) and not getattr(network, "gated", False):
             raise ValueError("keep_weight or gate_weight > 0 needs the gated restoration network whose gate it reads")
+        if gate_keep_better and not (gate_weight > 0 and getattr(network, "gate_residual", False)):
+            raise ValueError("gate_keep_better needs gate_weight > 0 and a gate_residual network (its alternative)")
         self.l1_weight, self.ssim_weight, self.keep_weight = float(l1_weight), float(ssim_weight), float(keep_weight)
         self.gate_weight, self.gate_tolerance = float(gate_weight), float(gate_tolerance)
         self.gate_window = int(gate_window)
+        self.gate_keep_better = bool(gate_keep_better)
         self.ssim = SSIMLoss(spatial_dims=2, data_range=1.0, win_size=win_size)
         # a plain attribute, not a submodule: the loss must not own (or save) the network's weights
         self.__dict__["network"] = network
@@ -96,15 +107,22 @@ class RestorationLoss(nn.Module):
         if self.keep_weight:
             loss = loss + self.keep_weight * torch.mean(1.0 - self._from_network("last_gate", pred))
         if self.gate_weight:
-            kept = self._from_network("last_kept", pred).detach()
-            error = (kept.float() - target.float()).abs()
-            if self.gate_window > 1:
-                error = nn.functional.avg_pool2d(error, self.gate_window, stride=1, padding=self.gate_window // 2,
-                                                 count_include_pad=False)
-            keep_target = (error <= self.gate_tolerance).float()
+            error = self._local_error(self._from_network("last_kept", pred), target)
+            keep_target = error <= self.gate_tolerance
+            if self.gate_keep_better:
+                keep_target |= error <= self._local_error(self._from_network("last_alternative", pred), target)
+            keep_target = keep_target.float()
             logits = self._from_network("last_gate_logits", pred).float()
             loss = loss + self.gate_weight * nn.functional.binary_cross_entropy_with_logits(logits, keep_target)
         return loss
+
+    def _local_error(self, image: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``|image - target|`` (no gradient) averaged over ``gate_window`` x ``gate_window`` pixels."""
+        error = (image.detach().float() - target.float()).abs()
+        if self.gate_window > 1:
+            error = nn.functional.avg_pool2d(error, self.gate_window, stride=1, padding=self.gate_window // 2,
+                                             count_include_pad=False)
+        return error
 
     def _from_network(self, name: str, pred: torch.Tensor) -> torch.Tensor:
         """What the network kept of this batch's training forward (``last_gate`` ...)."""

@@ -87,6 +87,7 @@ class SliceRestorationNet(nn.Module):
         self.repair = repair
         self.last_gate_logits: torch.Tensor | None = None
         self.last_kept: torch.Tensor | None = None  # the slice the gate keeps (slice k, or it repaired/re-registered)
+        self.last_alternative: torch.Tensor | None = None  # with gate_residual: what the gate takes instead
         extra_channels = int(align or repair)  # the kept slice, when it can differ from slice k
         self.unet = slice_stack_unet(self.context, 2 if gated else 1, features, dropout, extra_channels=extra_channels)
 
@@ -134,5 +135,7 @@ class SliceRestorationNet(nn.Module):
         self.last_gate_logits = out[:, :1] if self.training else None
         self.last_kept = centre if self.training else None
         if self.gate_residual:
-            return gate * centre + (1.0 - gate) * (neighbours + out[:, 1:])
+            alternative = neighbours + out[:, 1:]
+            self.last_alternative = alternative if self.training else None
+            return gate * centre + (1.0 - gate) * alternative
         return gate * centre + (1.0 - gate) * neighbours + out[:, 1:]

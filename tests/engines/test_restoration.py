@@ -104,6 +104,31 @@ def test_gate_term_window_averages_the_error_so_noise_is_not_kept_pixel_by_pixel
         RestorationLoss(gate_window=4)
 
 
+def test_gate_keep_better_also_keeps_where_the_slice_beats_the_alternative():
+    network = SliceRestorationNet(context=2, features=TINY, gate_residual=True).train()
+    stack = torch.rand(1, 5, 32, 32)
+    pred = network(stack)
+    kept, alternative = network.last_kept.detach(), network.last_alternative.detach()
+    assert alternative.shape == kept.shape
+    truth = kept + 0.1  # the slice is off by 0.1 everywhere: beyond the tolerance, so only "better" can keep it
+    kept_error, alternative_error = (kept - truth).abs(), (alternative - truth).abs()
+    better = (kept_error <= alternative_error).float()
+    assert 0.1 < better.mean() < 0.9  # the untrained alternative is better in some pixels and worse in others
+    plain = RestorationLoss()(pred, truth).item()
+    logits = network.last_gate_logits
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+
+    def gate_term(keep_better: bool) -> float:
+        loss = RestorationLoss(gate_weight=1.0, gate_tolerance=0.02, gate_keep_better=keep_better, network=network)
+        return loss(pred, truth).item() - plain
+
+    assert gate_term(True) == pytest.approx(bce(logits, better).item(), rel=1e-4)
+    assert gate_term(False) == pytest.approx(bce(logits, torch.zeros_like(logits)).item(), rel=1e-4)
+    with pytest.raises(ValueError, match="gate_residual"):
+        RestorationLoss(gate_weight=0.1, gate_keep_better=True,
+                        network=SliceRestorationNet(context=2, features=TINY, gate_residual=False))
+
+
 def test_prepare_batch_feeds_the_damaged_stack_and_the_clean_slice():
     batch = {"image": torch.rand(3, 5, 16, 16), "clean": torch.rand(3, 1, 16, 16), "label": torch.ones(3, 1)}
     image, target = prepare_restoration_batch(batch, torch.device("cpu"))
