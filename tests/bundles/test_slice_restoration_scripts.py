@@ -40,6 +40,13 @@ def test_intensity_matched_undoes_a_scaling_and_fills_clipped_pixels():
     np.testing.assert_allclose(probe.intensity_matched(saturated, clean), clean, atol=1e-9)
 
 
+def test_repaired_is_the_restorers_repair_channel():
+    probe, clean = _script("probe_inputs"), _slice().astype(np.float32)
+    assert np.array_equal(probe.repaired(clean, clean), clean)  # nothing to repair: bit for bit
+    spiked = ARTIFACTS["spike"](clean, 0.5, np.random.default_rng(0)).astype(np.float32)
+    np.testing.assert_allclose(probe.repaired(spiked, clean), clean, atol=1e-4)
+
+
 def test_validate_reads_network_options_from_a_weights_spec():
     validate = _script("validate")
     assert validate.network_options("w.pt") == ("w.pt", {"gate_residual": False, "align": False, "repair": False})
