@@ -28,6 +28,12 @@ def _radial_frequency(h: int, w: int, device: torch.device) -> torch.Tensor:
     return torch.sqrt(fy * fy + fx * fx)
 
 
+def _check_batches(slices: torch.Tensor, reference: torch.Tensor) -> None:
+    if slices.shape != reference.shape or slices.ndim != 3:
+        raise ValueError(f"need two [B, H, W] batches of the same shape, got {tuple(slices.shape)} and "
+                         f"{tuple(reference.shape)}")
+
+
 def _masked_median(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Median of each image's ``values`` where ``mask`` holds (NaN where it holds nowhere); ``[B]``."""
     return torch.where(mask, values, torch.full_like(values, float("nan"))).flatten(1).nanmedian(dim=1).values
@@ -62,9 +68,7 @@ def despike(
     Returns:
         ``[B, H, W]``, the dtype of ``slices``.
     """
-    if slices.shape != reference.shape or slices.ndim != 3:
-        raise ValueError(f"need two [B, H, W] batches of the same shape, got {tuple(slices.shape)} and "
-                         f"{tuple(reference.shape)}")
+    _check_batches(slices, reference)
     h, w = slices.shape[-2:]
     image, reference64 = slices.double(), reference.double()
     unclipped = ((image > 0.0) & (image < clipped_at)).double()
@@ -122,9 +126,7 @@ def desaturate(
     Returns:
         ``[B, H, W]``, the dtype of ``slices``.
     """
-    if slices.shape != reference.shape or slices.ndim != 3:
-        raise ValueError(f"need two [B, H, W] batches of the same shape, got {tuple(slices.shape)} and "
-                         f"{tuple(reference.shape)}")
+    _check_batches(slices, reference)
     clipped = slices >= clipped_at
     fitted = (slices > 0.02) & ~clipped & (reference > 0.05)
     ratio = slices / reference.clamp(min=1e-6)
