@@ -88,7 +88,8 @@ def despike(
         phase = 2.0 * torch.pi * (u * rows + v * cols)
         basis = torch.stack([torch.cos(phase), torch.sin(phase)], dim=1) * unclipped[:, None]  # [B, 2, H, W]
         target = (image - sinusoids - reference64) * unclipped
-        normal = torch.einsum("bihw,bjhw->bij", basis, basis) + 1e-9 * torch.eye(2, dtype=torch.float64)
+        ridge = 1e-9 * torch.eye(2, dtype=torch.float64, device=slices.device)  # a slice all clipped: no fit
+        normal = torch.einsum("bihw,bjhw->bij", basis, basis) + ridge
         coefficients = torch.linalg.solve(normal, torch.einsum("bihw,bhw->bi", basis, target))
         fitted = coefficients[:, 0, None, None] * torch.cos(phase) + coefficients[:, 1, None, None] * torch.sin(phase)
         sinusoids = sinusoids + torch.where(spike[:, None, None], fitted, torch.zeros_like(fitted))
