@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 from monai.bundle import ConfigWorkflow
 
 from sgad_med.detector import SliceAnomalyDetector
-from tests.bundles.conftest import BUNDLES, tiny_training_overrides
+from tests.bundles.conftest import BUNDLES, run_two_cpu_processes, tiny_training_overrides
 from tests.conftest import SAMPLE_DATA
 
 DETECTION = BUNDLES / "slice_anomaly_detection"
@@ -54,15 +51,7 @@ def test_training_saves_calibrated_weights_the_api_loads(tmp_path):
 
 
 def test_multi_gpu_config_trains_and_calibrates_with_two_cpu_processes(tmp_path):
-    overrides = []
-    for key, value in _tiny(tmp_path).items():
-        overrides += [f"--{key}", str(value).replace("'", '"') if isinstance(value, list) else str(value)]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
-               "-m", "monai.bundle", "run", "--config_file",
-               f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']", *overrides]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_two_cpu_processes(CONFIGS, _tiny(tmp_path), port=29541)
     weights = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in weights), "DDP wrapper must not leak into the shipped weights"
     assert bool(weights["calibrated"])

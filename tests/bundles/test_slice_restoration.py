@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ import torch
 from monai.bundle import ConfigWorkflow
 
 from sgad_med.io import load_scan
-from tests.bundles.conftest import BUNDLES, tiny_training_overrides
+from tests.bundles.conftest import BUNDLES, run_two_cpu_processes, tiny_training_overrides
 from tests.conftest import SAMPLE_DATA
 
 RESTORATION = BUNDLES / "slice_restoration"
@@ -54,15 +53,7 @@ def test_training_runs_and_saves_the_best_network(tiny_restoration, tmp_path):
 
 
 def test_multi_gpu_config_runs_with_two_cpu_processes(tiny_restoration, tmp_path):
-    overrides = []
-    for key, value in tiny_restoration.items():
-        overrides += [f"--{key}", str(value).replace("'", '"') if isinstance(value, list) else str(value)]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547",
-               "-m", "monai.bundle", "run", "--config_file",
-               f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']", *overrides]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_two_cpu_processes(CONFIGS, tiny_restoration, port=29547)
     weights = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in weights), "DDP wrapper must not leak into the shipped weights"
 

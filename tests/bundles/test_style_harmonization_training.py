@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import nibabel as nib
 import numpy as np
 import torch
 from monai.bundle import ConfigWorkflow
 
-from tests.bundles.conftest import HARMONIZATION
+from tests.bundles.conftest import HARMONIZATION, run_two_cpu_processes
 from tests.conftest import smooth_volume
 
 CONFIGS = HARMONIZATION / "configs"
@@ -131,15 +127,7 @@ def test_unpaired_training_runs_on_folders_of_scans(tiny_harmonization, tmp_path
 
 
 def test_multi_gpu_config_runs_with_two_cpu_processes(tiny_harmonization, tmp_path):
-    overrides = []
-    for key, value in tiny_harmonization.items():
-        overrides += [f"--{key}", str(value).replace("'", '"') if isinstance(value, list) else str(value)]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-               "-m", "monai.bundle", "run", "--config_file",
-               f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']", *overrides]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_two_cpu_processes(CONFIGS, tiny_harmonization, port=29533)
     assert (tmp_path / "models" / "model.pt").exists()
     weights = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in weights), "DDP wrapper must not leak into the shipped weights"

@@ -5,7 +5,8 @@ figure, a slice that was fine restored anyway, which the PSNR over mixed items h
 
 ``--protocol bar``: the evaluation's protocol and quality bar (every kind at severity 0.5 against the classical
 methods, and the clean-slice check), on training-pool anatomies 960-969 that no training run uses, in
-``--split`` styles (``validation``: grey/white-matter contrast just below every training style; ``train``).
+``--split`` styles (``validation``: grey/white-matter contrast just below every training style; ``validation_low``:
+below the held-out styles' contrast; ``train``).
 
     python bundles/slice_restoration/scripts/validate.py bundles/slice_restoration/models/model.pt \\
         other/model.pt:gate_residual=True,align=True [--corrupt_fraction 0.85] [--protocol bar --split validation]
@@ -33,7 +34,7 @@ def main() -> None:
     parser.add_argument("weights", nargs="+", help="weights file, optionally ':gate_residual=True,align=True'")
     parser.add_argument("--corrupt_fraction", type=float, default=None, help="override train.json's value")
     parser.add_argument("--protocol", choices=("validation_set", "bar"), default="validation_set")
-    parser.add_argument("--split", choices=("validation", "train"), default="validation")
+    parser.add_argument("--split", choices=("validation", "validation_low", "train"), default="validation")
     parser.add_argument("--gate_kinds", nargs="*", default=[],
                         help="with --protocol bar: also print the mean gate in the head on these kinds ('clean' too)")
     parser.add_argument("--flip_ensemble", action="store_true",
