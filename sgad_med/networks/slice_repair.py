@@ -78,7 +78,8 @@ def despike(
     sinusoids = torch.zeros_like(image)
     found = torch.zeros(slices.shape[0], dtype=torch.bool, device=slices.device)
     for _ in range(max_pairs):
-        difference = torch.fft.fft2(image - sinusoids - reference64).abs().flatten(1).masked_fill(~searched, 0.0)
+        residual = image - sinusoids - reference64
+        difference = torch.fft.fft2(residual).abs().flatten(1).masked_fill(~searched, 0.0)
         top = difference.topk(3, dim=1)
         spike = top.values[:, 0] >= min_ratio * top.values[:, 2]
         if not bool(spike.any()):
@@ -86,12 +87,13 @@ def despike(
         u = (top.indices[:, 0] // w).double()[:, None, None]
         v = (top.indices[:, 0] % w).double()[:, None, None]
         phase = 2.0 * torch.pi * (u * rows + v * cols)
-        basis = torch.stack([torch.cos(phase), torch.sin(phase)], dim=1) * unclipped[:, None]  # [B, 2, H, W]
-        target = (image - sinusoids - reference64) * unclipped
+        waves = torch.stack([torch.cos(phase), torch.sin(phase)], dim=1)  # [B, 2, H, W]
+        basis = waves * unclipped[:, None]
+        target = residual * unclipped
         ridge = 1e-9 * torch.eye(2, dtype=torch.float64, device=slices.device)  # a slice all clipped: no fit
         normal = torch.einsum("bihw,bjhw->bij", basis, basis) + ridge
         coefficients = torch.linalg.solve(normal, torch.einsum("bihw,bhw->bi", basis, target))
-        fitted = coefficients[:, 0, None, None] * torch.cos(phase) + coefficients[:, 1, None, None] * torch.sin(phase)
+        fitted = torch.einsum("bi,bihw->bhw", coefficients, waves)
         sinusoids = sinusoids + torch.where(spike[:, None, None], fitted, torch.zeros_like(fitted))
         found |= spike
     repaired = image - sinusoids
