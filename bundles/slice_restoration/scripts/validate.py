@@ -27,6 +27,7 @@ from monai.metrics import PSNRMetric, SSIMMetric
 from sgad_med.data.corrupted import CLEAN
 
 BUNDLE = Path(__file__).resolve().parents[1]
+FLIPS = {"width": [-1], "height": [-2], "both": [-2, -1]}  # --flips names: the dimensions each extra pass flips
 
 
 def main() -> None:
@@ -40,9 +41,14 @@ def main() -> None:
     parser.add_argument("--flip_ensemble", action="store_true",
                         help="with --protocol bar: average each output with the left-right flipped pass's "
                              "(sgad_med.inferers.FlipEnsembleInferer)")
+    parser.add_argument("--flips", nargs="+", default=None, choices=sorted(FLIPS),
+                        help="with --protocol bar: the flip ensemble's extra passes instead of --flip_ensemble's "
+                             "one (e.g. width height both: four passes in all)")
     args = parser.parse_args()
     if args.protocol == "bar":
-        return bar_on_validation_anatomies(args.weights, args.split, args.gate_kinds, args.flip_ensemble)
+        flips = ([FLIPS[name] for name in args.flips] if args.flips is not None
+                 else [[-1]] if args.flip_ensemble else None)
+        return bar_on_validation_anatomies(args.weights, args.split, args.gate_kinds, flips)
     config = ConfigParser()
     config.read_config(str(BUNDLE / "configs" / "train.json"))
     config["bundle_root"] = str(BUNDLE)
@@ -128,7 +134,7 @@ def gate_in_head(network: torch.nn.Module, cases: list[dict], kinds: list[str]) 
 
 
 def bar_on_validation_anatomies(weights: list[str], split: str, gate_kinds: list[str] = (),
-                                flip_ensemble: bool = False) -> None:
+                                flips: list[list[int]] | None = None) -> None:
     from sgad_med.evaluation.restoration import (
         evaluate_restoration,
         network_method,
@@ -140,11 +146,11 @@ def bar_on_validation_anatomies(weights: list[str], split: str, gate_kinds: list
 
     cases = restoration_cases(slices_per_volume=3, anatomy_seeds=range(960, 970), split=split)
     print(f"anatomies 960-969 in {split} styles, {len(cases)} slices, severity 0.5"
-          + (", left-right flip ensemble" if flip_ensemble else ""))
+          + (f", flip ensemble {flips}" if flips else ""))
     print(f"{'weights':<60} {'PSNR':>6} {'gain':>6} {'kinds +2 dB':>11} {'kinds SSIM':>10} {'clean MAE':>9}")
     for spec in weights:
         network = load(spec)
-        restorer = SliceRestorer(network, device="cpu", inferer=FlipEnsembleInferer() if flip_ensemble else None)
+        restorer = SliceRestorer(network, device="cpu", inferer=FlipEnsembleInferer(flips) if flips else None)
         results = evaluate_restoration(cases, network_method(restorer), severities=[0.5])
         bar = quality_bar(results)
         n_kinds = len(bar["psnr_margin_over_best_classical_db"]["per_kind"])
