@@ -1,4 +1,4 @@
-"""The slice_restoration bundle's analysis scripts (validate.py, probe_inputs.py): their pure parts."""
+"""The slice_restoration bundle's analysis scripts (validate.py, probe_inputs.py, gibbs_sr_probe.py): pure parts."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import importlib.util
 
 import numpy as np
 import pytest
+import torch
 
 from sgad_med.transforms.artifacts import ARTIFACTS
 from tests.bundles.conftest import BUNDLES
@@ -54,3 +55,16 @@ def test_validate_reads_network_options_from_a_weights_spec():
         "w.pt", {"gate_residual": False, "align": True, "repair": True, "features": [16, 32, 64, 128, 256, 16]})
     with pytest.raises(SystemExit, match="unknown option"):
         validate.network_options("w.pt:features=wide")
+
+
+def test_gibbs_probe_data_consistency_keeps_the_truncated_box_and_the_output_outside_it():
+    probe = _script("gibbs_sr_probe")
+    clean = torch.from_numpy(_slice())[None, None].float()
+    keep = probe.keep_fraction(np.array([0.5]))
+    truncated = probe.data_consistency(clean, torch.zeros_like(clean), keep)  # the box of the clean slice alone
+    assert (truncated - clean).abs().max() > 0.01
+    # the clean slice agrees with the truncated one inside the box, so it is its own consistent completion
+    torch.testing.assert_close(probe.data_consistency(truncated, clean, keep), clean, atol=1e-5, rtol=0)
+    # the box of the damage the artifact transform makes (before its magnitude and clip) is the probe's
+    damaged = ARTIFACTS["gibbs"](_slice(), 0.5, np.random.default_rng(0))
+    np.testing.assert_allclose(damaged, truncated[0, 0].numpy(), atol=1e-5)
