@@ -49,6 +49,7 @@ __all__ = [
     "ARTIFACTS_META_KEY",
     "apply_slice_artifact",
     "artifact_records",
+    "gibbs_keep_fraction",
     "slice_labels",
     "SliceArtifact",
     "SliceArtifactd",
@@ -230,9 +231,14 @@ def _a_bias(s: np.ndarray, sev: float, rng: np.random.Generator) -> tuple[np.nda
     return _clip(s * (1.0 + amplitude * poly)), {"coeffs": coeffs.round(6).tolist(), "amplitude": amplitude}
 
 
+def gibbs_keep_fraction(severity: float | np.ndarray) -> float | np.ndarray:
+    """The share of each k-space axis the Gibbs artifact keeps at ``severity``: ``0.8 - 0.6 severity``."""
+    return 0.8 - 0.6 * severity
+
+
 def _a_gibbs(s: np.ndarray, sev: float, rng: np.random.Generator) -> tuple[np.ndarray, _Params]:
-    """Gibbs ringing: k-space truncated to a centred box keeping ``0.8 - 0.6 severity`` of each axis."""
-    keep = 0.8 - 0.6 * sev
+    """Gibbs ringing: k-space truncated to a centred box keeping :func:`gibbs_keep_fraction` of each axis."""
+    keep = gibbs_keep_fraction(sev)
     ky, kx = _freqs(s.shape)
     mask = (np.abs(ky) <= keep / 2.0) & (np.abs(kx) <= keep / 2.0)
     out = np.abs(np.fft.ifft2(np.fft.fft2(s) * mask))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from sgad_med.transforms.artifacts import ARTIFACTS
+from sgad_med.transforms.artifacts import ARTIFACTS, gibbs_keep_fraction
 from tests.bundles.conftest import BUNDLES
 
 SCRIPTS = BUNDLES / "slice_restoration" / "scripts"
@@ -60,7 +60,7 @@ def test_validate_reads_network_options_from_a_weights_spec():
 def test_gibbs_probe_data_consistency_keeps_the_truncated_box_and_the_output_outside_it():
     probe = _script("gibbs_sr_probe")
     clean = torch.from_numpy(_slice())[None, None].float()
-    keep = probe.keep_fraction(np.array([0.5]))
+    keep = gibbs_keep_fraction(np.array([0.5]))
     truncated = probe.data_consistency(clean, torch.zeros_like(clean), keep)  # the box of the clean slice alone
     assert (truncated - clean).abs().max() > 0.01
     # the clean slice agrees with the truncated one inside the box, so it is its own consistent completion

@@ -1,6 +1,6 @@
 """How far does learned super-resolution get on Gibbs-truncated slices on this CPU? A probe, not a shipped model.
 
-The Gibbs artifact keeps only a centred box of slice k's k-space (``keep = 0.8 - 0.6 severity`` of each axis);
+The Gibbs artifact keeps only a centred box of slice k's k-space (``gibbs_keep_fraction``: ``0.8 - 0.6 severity``);
 the quality bar asks for 2 dB above the truncated slice itself, i.e. for the frequencies outside the box, which
 the neighbouring slices hold only loosely (``probe_inputs.py``'s ``kspace`` column: taking them from the
 neighbours loses 1.3 dB).
@@ -25,15 +25,10 @@ import torch
 from sgad_med.evaluation.metrics import psnr
 from sgad_med.evaluation.restoration import damage_stacks, restoration_cases
 from sgad_med.networks.residual_unet import slice_stack_unet
-from sgad_med.transforms.artifacts import ARTIFACTS
+from sgad_med.transforms.artifacts import ARTIFACTS, gibbs_keep_fraction
 
 CONTEXT = 2
 VALIDATION_SEVERITY = 0.5
-
-
-def keep_fraction(severity: np.ndarray | float) -> np.ndarray:
-    """The Gibbs artifact's kept share of each k-space axis (``sgad_med.transforms.artifacts._a_gibbs``)."""
-    return 0.8 - 0.6 * np.asarray(severity, dtype=np.float64)
 
 
 def data_consistency(truncated: torch.Tensor, output: torch.Tensor, keep: np.ndarray) -> torch.Tensor:
@@ -71,7 +66,7 @@ def main() -> None:
     def validation_psnr() -> tuple[float, float]:
         network.eval()
         with torch.no_grad():
-            restored = restore(damaged, keep_fraction(np.full(len(damaged), VALIDATION_SEVERITY)))
+            restored = restore(damaged, gibbs_keep_fraction(np.full(len(damaged), VALIDATION_SEVERITY)))
         network.train()
         restored = restored.clamp(0.0, 1.0)[:, 0].numpy()
         truths = clean[:, CONTEXT]
@@ -90,7 +85,7 @@ def main() -> None:
         severities = rng.uniform(0.2, 0.8, size=len(batch))
         for stack, severity in zip(batch, severities):
             stack[CONTEXT] = ARTIFACTS["gibbs"](stack[CONTEXT].copy(), float(severity), rng)
-        loss = (restore(torch.from_numpy(batch), keep_fraction(severities)) - truth).abs().mean()
+        loss = (restore(torch.from_numpy(batch), gibbs_keep_fraction(severities)) - truth).abs().mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
