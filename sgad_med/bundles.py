@@ -36,6 +36,52 @@ def bundle_config(bundle: str | os.PathLike, config: str = "inference.json") -> 
     return parser
 
 
+SHARED_TRANSFORMS = "transforms"
+"""The folder beside ``bundles/`` holding the transform chains every bundle shares (DESIGN.md, layout)."""
+
+
+def shared_transforms_dir(bundle_root: str | os.PathLike) -> Path:
+    """The shared ``transforms/`` folder for a bundle: ``<bundle_root>/../../transforms`` (the repository layout,
+    ``bundles/<name>``), else the one beside the package (a source checkout, for bundle folders copied elsewhere).
+
+    Raises:
+        BundleError: neither exists.
+    """
+    candidates = [Path(bundle_root).resolve().parents[1] / SHARED_TRANSFORMS,
+                  Path(__file__).resolve().parents[1] / SHARED_TRANSFORMS]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    raise BundleError(bundle_root, f"no shared {SHARED_TRANSFORMS}/ folder (looked in "
+                      f"{', '.join(str(c) for c in candidates)})",
+                      fix="keep the bundle in the repository's bundles/ folder, beside transforms/")
+
+
+def shared_transform(bundle_root: str | os.PathLike, fragment: str, key: str) -> Any:
+    """Instantiate ``key`` of the shared config fragment ``transforms/<fragment>.json``.
+
+    Bundle configs take their preprocessing from here, so that one file defines it for every bundle (training,
+    inference and evaluation alike), e.g. ``"normalizer": "$sgad_med.bundles.shared_transform(@bundle_root,
+    'scan_normalization', 'normalizer')"``.
+
+    Args:
+        bundle_root: the bundle folder (see :func:`shared_transforms_dir`).
+        fragment: the fragment's file name without ``.json``.
+        key: the id inside the fragment to instantiate.
+
+    Raises:
+        BundleError: the fragment or the key is missing.
+    """
+    path = shared_transforms_dir(bundle_root) / f"{fragment}.json"
+    if not path.is_file():
+        raise BundleError(path, "shared transform fragment not found", fix=f"restore {SHARED_TRANSFORMS}/{path.name}")
+    parser = ConfigParser()
+    parser.read_config(str(path))
+    if key not in parser:
+        raise BundleError(path, f"has no {key!r}", fix=f"define {key!r} in it")
+    return parser.get_parsed_content(key)
+
+
 def load_bundle_network(
     bundle: str | os.PathLike, device: str | torch.device = "auto", weights: str | os.PathLike | None = None
 ) -> tuple[nn.Module, ConfigParser]:

@@ -17,7 +17,7 @@ from sgad_med.errors import SGADError
 from sgad_med.io import Scan, ScanSource, load_scan
 from sgad_med.io.atomic import atomic_file
 from sgad_med.slice_runner import SliceNetworkRunner
-from sgad_med.transforms.intensity import normalize
+from sgad_med.transforms.intensity import ScanNormalize
 from sgad_med.transforms.slice_statistics import texture_slice_scores
 from sgad_med.transforms.slices import foreground_slices
 
@@ -46,6 +46,7 @@ class SliceAnomalyDetector(SliceNetworkRunner):
         neighbour_statistics: add the calibrated neighbour evidence (texture statistics of each slice against
             five slices on each side) to scans as they arrive, when the weights carry its calibration; ``False``
             leaves it out. It never applies to harmonized volumes (see :meth:`score01`).
+        normalizer: how a scan is mapped to [0, 1] (see :class:`~sgad_med.slice_runner.SliceNetworkRunner`).
 
     Example::
 
@@ -58,11 +59,12 @@ class SliceAnomalyDetector(SliceNetworkRunner):
 
     def __init__(self, network: nn.Module, device: str | torch.device = "auto", batch_size: int = 32,
                  threshold: float | None = None, progress: bool = False, inferer: Inferer | None = None,
-                 multiple: int = 16, scan_relative: bool = True, neighbour_statistics: bool = True) -> None:
+                 multiple: int = 16, scan_relative: bool = True, neighbour_statistics: bool = True,
+                 normalizer: ScanNormalize | None = None) -> None:
         if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
             raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
         super().__init__(network, device=device, batch_size=batch_size, multiple=multiple, progress=progress,
-                         inferer=inferer)
+                         inferer=inferer, normalizer=normalizer)
         self._threshold = None if threshold is None else float(threshold)
         self.scan_relative = scan_relative
         self.neighbour_statistics = neighbour_statistics
@@ -134,8 +136,7 @@ class SliceAnomalyDetector(SliceNetworkRunner):
 
     def score(self, scan: Scan) -> np.ndarray:
         """Per-slice probabilities ``[D]`` in [0, 1] along the last axis of the RAS-oriented scan."""
-        volume01, _ = normalize(scan.image.as_tensor()[0:1], modality=scan.modality)
-        return self.score01(torch.as_tensor(volume01)[0])
+        return self.score01(self.normalize_scan(scan)[0])
 
     def flag(self, scan: Scan) -> np.ndarray:
         """Boolean ``[D]``: slices whose probability reaches :attr:`threshold`."""

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from sgad_med.errors import SGADError
 from sgad_med.io import Scan, ScanSource, load_scan, save_scan
 from sgad_med.slice_runner import SliceNetworkRunner
-from sgad_med.transforms.intensity import denormalize, normalize
+from sgad_med.transforms.intensity import denormalize
 from sgad_med.transforms.slices import unpad
 
 
@@ -32,6 +32,7 @@ class Harmonizer(SliceNetworkRunner):
         multiple: pad slices to a multiple of this (the U-Net's downsampling).
         progress: show a progress bar over slices.
         inferer: how the network is called on a batch (MONAI inferer; plain forward by default).
+        normalizer: how a scan is mapped to [0, 1] and back (see :class:`~sgad_med.slice_runner.SliceNetworkRunner`).
 
     Example::
 
@@ -57,8 +58,8 @@ class Harmonizer(SliceNetworkRunner):
 
     def __call__(self, scan: Scan) -> Scan:
         """The scan in the reference style: same geometry, same units and value range kind as the input."""
-        volume01, params = normalize(scan.image.as_tensor()[0:1], modality=scan.modality)
-        harmonized01 = self.harmonize01(torch.as_tensor(volume01)[0])
+        volume01, params = self.normalize_scan(scan)
+        harmonized01 = self.harmonize01(volume01)
         back = denormalize(harmonized01[None], params, restore_clipped=False)
         return scan.with_image(torch.as_tensor(back))
 

@@ -14,7 +14,7 @@ import torch
 from sgad_med.bundles import resolve_device
 from sgad_med.errors import SGADError
 from sgad_med.io import Scan, load_scan
-from sgad_med.transforms.intensity import denormalize, normalize
+from sgad_med.transforms.intensity import ScanNormalize, denormalize
 
 if TYPE_CHECKING:
     from sgad_med.detector import SliceAnomalyDetector
@@ -79,7 +79,9 @@ BUNDLE_NAMES = {
 class SGADPipeline:
     """The whole flow of DESIGN.md for one scan: normalize → harmonize → detect → restore → denormalize.
 
-    The scan is normalized once (CT: HU window, MR: robust percentiles). The harmonizer maps it to the reference
+    The scan is normalized once (CT: HU window, MR: robust percentiles), by the components' common normalizer
+    (their bundles share ``transforms/scan_normalization.json``; components that normalize differently are
+    refused, since each network only knows the intensities it was trained on). The harmonizer maps it to the reference
     style; the detector scores every slice of the *input* and of the *harmonized* volume, and a slice's score is
     the larger of the two. Slices whose score reaches the threshold are flagged; under the default policy they
     are restored from their harmonized neighbours, and every other slice stays exactly as harmonized. The
@@ -139,6 +141,7 @@ class SGADPipeline:
         if restore_policy != "none" and restorer is None:
             raise SGADError(None, f"restore_policy={restore_policy!r} needs a restorer", fix="pass one, or 'none'")
         self.harmonizer, self.detector, self.restorer = harmonizer, detector, restorer
+        self.normalizer = self._common_normalizer()
         self.harmonize = bool(harmonize)
         self._threshold = None if threshold is None else float(threshold)
         self.restore_policy = restore_policy
@@ -150,6 +153,19 @@ class SGADPipeline:
             if batch_size is not None:
                 component.batch_size = int(batch_size)
             component.progress = progress
+
+    def _common_normalizer(self) -> ScanNormalize:
+        """The scan is normalized once for all stages, so every component must normalize alike: the detector's
+        normalizer (the default one for components that have none), checked against the others'."""
+        normalizer = getattr(self.detector, "normalizer", None)
+        normalizer = normalizer if normalizer is not None else ScanNormalize()
+        for name, component in (("harmonizer", self.harmonizer), ("restorer", self.restorer)):
+            other = getattr(component, "normalizer", None)
+            if other is not None and other.settings != normalizer.settings:
+                raise SGADError(None, f"the {name} normalizes scans differently from the detector "
+                                f"({other.settings} vs {normalizer.settings})",
+                                fix="load all three from bundles sharing one transforms/scan_normalization.json")
+        return normalizer
 
     def _components(self) -> list[Any]:
         return [c for c in (self.harmonizer, self.detector, self.restorer) if c is not None]
@@ -235,7 +251,7 @@ class SGADPipeline:
             timings["load"] = time.perf_counter() - start
         clock = time.perf_counter()
         image = scan.image.as_tensor().detach().cpu()
-        volume01, params = normalize(image[0:1], modality=scan.modality)
+        volume01, params = self.normalizer.normalize_with_params(image[0:1], scan.modality)
         input01 = torch.as_tensor(volume01)[0]
         timings["normalize"] = _lap(clock)
 
@@ -278,7 +294,8 @@ class SGADPipeline:
         timings["total"] = time.perf_counter() - start
 
         settings = {**self.settings, "threshold": threshold, "modality": scan.modality,
-                    "normalization": {"kind": params.kind, "lo": float(params.lo), "hi": float(params.hi)}}
+                    "normalization": {"kind": params.kind, "lo": float(params.lo), "hi": float(params.hi),
+                                      **self.normalizer.settings}}
         return Result(
             scan=scan,
             harmonized=harmonized,

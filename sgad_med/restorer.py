@@ -17,7 +17,7 @@ from tqdm import tqdm
 from sgad_med.errors import SGADError
 from sgad_med.io import Scan, load_scan, save_scan
 from sgad_med.slice_runner import SliceNetworkRunner
-from sgad_med.transforms.intensity import denormalize, normalize
+from sgad_med.transforms.intensity import denormalize
 from sgad_med.transforms.slices import unpad
 
 logger = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ class SliceRestorer(SliceNetworkRunner):
         multiple: pad slices to a multiple of this (the U-Net's downsampling).
         progress: show a progress bar over slices.
         inferer: how the network is called on a batch (MONAI inferer; plain forward by default).
+        normalizer: how a scan is mapped to [0, 1] and back (see :class:`~sgad_med.slice_runner.SliceNetworkRunner`).
 
     Example::
 
@@ -81,8 +82,8 @@ class SliceRestorer(SliceNetworkRunner):
         chosen = self._checked_slices(slices, image.shape[-1])
         if chosen.size == 0:
             return scan.with_image(image.clone())
-        volume01, params = normalize(image[0:1], modality=scan.modality)
-        restored01 = self.restore01(torch.as_tensor(volume01)[0], chosen)
+        volume01, params = self.normalize_scan(scan)
+        restored01 = self.restore01(volume01, chosen)
         back = torch.as_tensor(denormalize(restored01[None], params, restore_clipped=False))
         out = image.clone()
         out[0, ..., chosen] = back[0, ..., chosen].to(out.dtype)

@@ -20,7 +20,7 @@ import torch
 
 from sgad_med.data.slices import SyntheticVolumeDataset, choose_slices
 from sgad_med.transforms.artifacts import ARTIFACT_KINDS, ARTIFACTS
-from sgad_med.transforms.intensity import normalize
+from sgad_med.transforms.intensity import ScanNormalize
 from sgad_med.transforms.slices import pad_to_multiple, slice_stacks
 
 __all__ = ["CLEAN", "CorruptedSlices", "corrupt_stack"]
@@ -75,6 +75,8 @@ class CorruptedSlices(SyntheticVolumeDataset):
         min_foreground: a slice is drawn only if at least this fraction of it is head.
         multiple: pad H and W to a multiple of this.
         cache: keep the clean stacks of a volume in memory after their first use.
+        normalizer: the scan normalization of inference (bundles: ``transforms/scan_normalization.json``);
+            default :class:`~sgad_med.transforms.ScanNormalize` with its defaults.
     """
 
     def __init__(
@@ -98,6 +100,7 @@ class CorruptedSlices(SyntheticVolumeDataset):
         min_foreground: float = 0.1,
         multiple: int = 16,
         cache: bool = True,
+        normalizer: ScanNormalize | None = None,
     ) -> None:
         unknown = sorted(set(kinds) - set(ARTIFACT_KINDS))
         if unknown or not kinds:
@@ -118,6 +121,7 @@ class CorruptedSlices(SyntheticVolumeDataset):
         self.min_foreground = float(min_foreground)
         self.multiple = int(multiple)
         self.cache = cache
+        self.normalizer = normalizer if normalizer is not None else ScanNormalize()
         self.damage_seed = self.seed
         self._stacks: dict[int, torch.Tensor] = {}
         self._accesses: dict[int, int] = {}
@@ -129,7 +133,7 @@ class CorruptedSlices(SyntheticVolumeDataset):
         rng = np.random.default_rng([self.seed, index, 0])
         pair = self.generator.pair(self.anatomy_seed(index), style_seed=index, split=self.split)
         volume = pair["target"] if rng.random() < self.reference_fraction else pair["source"]
-        volume01 = torch.as_tensor(normalize(volume[None], modality="MR")[0])[0]
+        volume01 = torch.as_tensor(self.normalizer.normalize_with_params(volume[None], "MR")[0])[0]
         if rng.random() < self.harmonized_fraction:
             volume01 = torch.as_tensor(self.harmonizer.harmonize01(volume01))
         foreground = (pair["target"] > 0.05).mean(axis=(0, 1))

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from sgad_med.data.synthetic import SyntheticStyleGenerator
-from sgad_med.transforms.intensity import normalize
+from sgad_med.transforms.intensity import ScanNormalize
 from sgad_med.transforms.slices import pad_to_multiple, slice_stacks
 
 
@@ -77,7 +77,7 @@ class HarmonizationSlices(SyntheticVolumeDataset):
     Item ``i`` is volume pair ``i``: anatomy ``anatomy_seeds[i // styles_per_anatomy]`` in style seed ``i``
     (domain randomisation: every pair has its own style). From it ``slices_per_volume`` axial slices with
     head in them are drawn (deterministically from ``seed`` and ``i``). The source volume is normalized
-    exactly as a real MR scan is at inference (robust percentiles, :func:`sgad_med.transforms.normalize`),
+    exactly as a real MR scan is at inference (robust percentiles, ``normalizer``),
     and so is the target, so that the generator maps normalized scans of any style to normalized scans of the
     reference style (and one already in the reference style to itself). Items can be cached (``cache=True``),
     so that epochs after the first cost no rendering.
@@ -98,6 +98,8 @@ class HarmonizationSlices(SyntheticVolumeDataset):
         min_foreground: a slice is drawn only if at least this fraction of it is head.
         multiple: pad H and W to a multiple of this (the U-Net's total downsampling).
         cache: keep items in memory after their first use.
+        normalizer: the scan normalization of inference (bundles: ``transforms/scan_normalization.json``);
+            default :class:`~sgad_med.transforms.ScanNormalize` with its defaults.
     """
 
     def __init__(
@@ -113,6 +115,7 @@ class HarmonizationSlices(SyntheticVolumeDataset):
         min_foreground: float = 0.1,
         multiple: int = 16,
         cache: bool = True,
+        normalizer: ScanNormalize | None = None,
     ) -> None:
         super().__init__(anatomy_seeds, styles_per_anatomy, spacing, seed, mni_dir)
         self.slices_per_volume = int(slices_per_volume)
@@ -121,6 +124,7 @@ class HarmonizationSlices(SyntheticVolumeDataset):
         self.min_foreground = float(min_foreground)
         self.multiple = int(multiple)
         self.cache = cache
+        self.normalizer = normalizer if normalizer is not None else ScanNormalize()
         self._items: dict[int, dict[str, torch.Tensor]] = {}
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
@@ -129,8 +133,8 @@ class HarmonizationSlices(SyntheticVolumeDataset):
         pair = self.generator.pair(self.anatomy_seed(index), style_seed=index, split=self.split)
         # Both sides are normalized as a real MR scan is at inference, so a scan already in the reference style
         # maps to itself (the identity term and the evaluation's preservation check rely on this).
-        source, _ = normalize(pair["source"][None], modality="MR")
-        target = torch.as_tensor(normalize(pair["target"][None], modality="MR")[0])[0]
+        source = self.normalizer.normalize_with_params(pair["source"][None], "MR")[0][0]
+        target = torch.as_tensor(self.normalizer.normalize_with_params(pair["target"][None], "MR")[0])[0]
         foreground = torch.from_numpy(pair["target"] > 0.05).float().mean(dim=(0, 1)).numpy()
         chosen = choose_slices(foreground, self.min_foreground, self.slices_per_volume, [self.seed, index])
         image, _ = pad_to_multiple(slice_stacks(torch.as_tensor(source), self.context, chosen), self.multiple)
@@ -165,10 +169,12 @@ class ScanSlices(Dataset):
         min_foreground: a slice is drawn only if at least this fraction of it is above 5 % of the range.
         multiple: pad H and W to a multiple of this.
         cache: keep items in memory after their first use.
+        normalizer: the scan normalization of inference (default :class:`~sgad_med.transforms.ScanNormalize`).
     """
 
     def __init__(self, folder: str | os.PathLike, slices_per_volume: int = 8, context: int = 1, seed: int = 0,
-                 min_foreground: float = 0.1, multiple: int = 16, cache: bool = True) -> None:
+                 min_foreground: float = 0.1, multiple: int = 16, cache: bool = True,
+                 normalizer: ScanNormalize | None = None) -> None:
         from sgad_med.io import discover_scans
 
         found = discover_scans(folder)
@@ -176,6 +182,7 @@ class ScanSlices(Dataset):
         self.failed = {str(s.path): str(s.problem) for s in found if s.problem is not None}
         self.slices_per_volume, self.context, self.seed = int(slices_per_volume), int(context), int(seed)
         self.min_foreground, self.multiple, self.cache = float(min_foreground), int(multiple), cache
+        self.normalizer = normalizer if normalizer is not None else ScanNormalize()
         self._items: dict[int, dict[str, torch.Tensor]] = {}
 
     def __len__(self) -> int:
@@ -187,8 +194,8 @@ class ScanSlices(Dataset):
         if index in self._items:
             return self._items[index]
         scan = load_scan(self.sources[index])
-        volume, _ = normalize(scan.image.as_tensor()[0:1], modality=scan.modality)
-        volume = torch.as_tensor(volume)[0]
+        volume01, _ = self.normalizer.normalize_with_params(scan.image.as_tensor()[0:1], scan.modality)
+        volume = torch.as_tensor(volume01)[0]
         foreground = (volume > 0.05).float().mean(dim=(0, 1)).numpy()
         chosen = choose_slices(foreground, self.min_foreground, self.slices_per_volume, [self.seed, index])
         stacks, _ = pad_to_multiple(slice_stacks(volume, self.context, chosen), self.multiple)

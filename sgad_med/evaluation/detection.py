@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from sgad_med.evaluation.heldout import heldout_pairs, normalize_mr, synthetic_pairs
+from sgad_med.evaluation.heldout import check_protocol_normalization, heldout_pairs, normalize_mr, synthetic_pairs
 from sgad_med.transforms.slice_statistics import (
     BASELINE_FEATURES,
     classical_slice_scores,
@@ -878,6 +878,7 @@ class DetectionEvaluation:
         from sgad_med.evaluation.real_scans import load_real_volumes
 
         start = time.perf_counter()
+        check_protocol_normalization(self.detector, self.harmonizer)
         cases = self.cases if self.cases is not None else detection_cases(
             self.n_anatomies, self.styles_per_anatomy, spacing=self.spacing, seed=self.seed, mni_dir=self.mni_dir
         )

@@ -42,7 +42,7 @@ from scipy import ndimage
 from scipy.stats import wasserstein_distance
 from skimage.exposure import match_histograms
 
-from sgad_med.evaluation.heldout import heldout_pairs, normalize_mr, synthetic_pairs
+from sgad_med.evaluation.heldout import check_protocol_normalization, heldout_pairs, normalize_mr, synthetic_pairs
 from sgad_med.evaluation.metrics import (
     PSNR_CAP_DB,
     as_float_pair,
@@ -805,6 +805,7 @@ class HarmonizationEvaluation:
         """Evaluate, print the table, write the JSON; returns the results."""
         from sgad_med import __version__
 
+        check_protocol_normalization(self.harmonizer)
         results = evaluate_harmonization(self.methods(), self.cases, progress=True)
         results["settings"] = {
             "cases": len(self.cases),

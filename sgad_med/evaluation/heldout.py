@@ -4,17 +4,45 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
-__all__ = ["heldout_pairs", "normalize_mr", "synthetic_pairs"]
+__all__ = ["check_protocol_normalization", "heldout_pairs", "normalize_mr", "synthetic_pairs"]
 
 
 def normalize_mr(volume: np.ndarray) -> np.ndarray:
-    """Robust-percentile normalization, exactly as a real MR scan gets at inference."""
+    """Robust-percentile normalization, exactly as a real MR scan gets at inference with the shipped settings
+    (``transforms/scan_normalization.json``, equal to :class:`~sgad_med.transforms.ScanNormalize`'s defaults)."""
     from sgad_med.transforms.intensity import normalize
 
     return np.asarray(normalize(np.asarray(volume)[None], modality="MR")[0])[0].astype(np.float32)
+
+
+def check_protocol_normalization(*runners: Any) -> None:
+    """Refuse to score networks that normalize scans otherwise than the evaluation protocols do.
+
+    The protocols hand the networks cases normalized as :func:`normalize_mr` does (the package defaults). A bundle
+    retrained under an edited ``transforms/scan_normalization.json`` would be scored on intensities it never saw,
+    and its table would say nothing; this says so instead.
+
+    Args:
+        runners: harmonizers, detectors, restorers (objects without a ``normalizer`` are not checked).
+
+    Raises:
+        SGADError: a runner's normalizer settings differ from the package defaults.
+    """
+    from sgad_med.errors import SGADError
+    from sgad_med.transforms.intensity import ScanNormalize
+
+    expected = ScanNormalize().settings
+    for runner in runners:
+        normalizer = getattr(runner, "normalizer", None)
+        if normalizer is not None and normalizer.settings != expected:
+            raise SGADError(None, f"{type(runner).__name__} normalizes scans with {normalizer.settings}, the "
+                            f"evaluation protocol with {expected}",
+                            fix="evaluate with the shipped transforms/scan_normalization.json, or extend "
+                                "sgad_med.evaluation.heldout.normalize_mr to the new settings")
 
 
 def heldout_pairs(

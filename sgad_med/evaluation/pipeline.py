@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from sgad_med.evaluation.detection import corrupted_slices_for, head_slices
-from sgad_med.evaluation.heldout import heldout_pairs, normalize_mr
+from sgad_med.evaluation.heldout import check_protocol_normalization, heldout_pairs, normalize_mr
 
 DEFAULT_KINDS = ("spike", "stripes", "signal_loss", "motion", "checkerboard", "blob")
 MR_SCALE = 1000.0  # synthetic volumes are in [0, 1]; scans arrive in scanner units
@@ -237,6 +237,7 @@ class PipelineEvaluation:
         cases = self.cases() if callable(self.cases) else self.cases
         # A pipeline has a detector; anything else here is a function making one (the config's lazy partial).
         pipeline = self.pipeline if hasattr(self.pipeline, "detector") else self.pipeline()
+        check_protocol_normalization(pipeline.detector)  # the pipeline has checked the others against it
         results = evaluate_pipeline(pipeline, cases, self.kinds, self.severity, self.slices_per_volume, seed=self.seed)
         results["seconds"] = round(time.perf_counter() - started, 1)
         print(format_table(results))

@@ -51,7 +51,7 @@ from scipy import ndimage
 from skimage.restoration import denoise_nl_means, denoise_tv_chambolle, inpaint_biharmonic
 from tqdm import tqdm
 
-from sgad_med.evaluation.heldout import heldout_pairs, synthetic_pairs
+from sgad_med.evaluation.heldout import check_protocol_normalization, heldout_pairs, synthetic_pairs
 from sgad_med.evaluation.metrics import mae, psnr, ssim_map
 from sgad_med.transforms.artifacts import ARTIFACT_KINDS, ARTIFACTS
 
@@ -732,6 +732,7 @@ class RestorationEvaluation:
         from sgad_med.evaluation.real_scans import load_real_volumes
 
         start = time.perf_counter()
+        check_protocol_normalization(self.restorer)
         restore = self.restorer if callable(self.restorer) and not hasattr(self.restorer, "network") else \
             network_method(self.restorer)
         results = evaluate_restoration(self.cases, restore, self.kinds, self.severities, self.context, self.seed,

@@ -541,6 +541,30 @@ class ScanNormalize(_InvertibleNormalize):
         source = self.ct if modality_kind(modality) == "ct_window" else self.mr
         return source._range(img)
 
+    @property
+    def settings(self) -> dict[str, Any]:
+        """What decides the mapping (CT window, MR percentiles): equal settings normalize a scan identically."""
+        return {"window": list(self.ct.window), "lower": self.mr.lower, "upper": self.mr.upper,
+                "nonzero": self.mr.nonzero}
+
+    def normalize_with_params(
+        self, img: NdarrayOrTensor, modality: str | None = None
+    ) -> tuple[NdarrayOrTensor, NormalizationParams]:
+        """Normalize ``img`` and return the params, pushing no trace and keeping no state.
+
+        The form the inference runners use: one instance may serve several threads at once, which
+        :attr:`last_params` could not.
+
+        Args:
+            img: image in scan units, e.g. ``scan.image`` ``[C, H, W, D]``.
+            modality: ``"CT"``, ``"MR"`` or ``"OT"``; defaults to the one given at construction.
+
+        Returns:
+            ``(img01, params)`` as :func:`normalize_range`.
+        """
+        lo, hi, kind = self._range(convert_to_tensor(img, track_meta=False), modality=modality)
+        return normalize_range(img, lo, hi, kind)
+
     def __call__(self, img: NdarrayOrTensor, modality: str | None = None) -> NdarrayOrTensor:  # type: ignore[override]
         """Normalize ``img`` for its modality.
 

@@ -339,6 +339,19 @@ def test_scan_normalize_picks_by_modality():
     assert ScanNormalize("MR")(hu).applied_operations[-1]["extra_info"]["kind"] == "mr_percentile"
 
 
+def test_normalize_with_params_equals_the_functional_form_and_leaves_no_trace():
+    hu = meta_image(ct_hu())
+    norm = ScanNormalize(window=(-200.0, 400.0), lower=2.0, upper=98.0)
+    for modality, expected in (("CT", normalize(hu, "CT", window=(-200.0, 400.0))),
+                               ("MR", normalize(hu, "MR", lower=2.0, upper=98.0))):
+        out, params = norm.normalize_with_params(hu, modality)
+        assert torch.equal(out.as_tensor(), expected[0].as_tensor())
+        assert (params.kind, params.lo, params.hi) == (expected[1].kind, expected[1].lo, expected[1].hi)
+        assert len(out.applied_operations) == 0 and norm.last_params is None  # reentrant: no trace, no state
+    assert norm.settings == {"window": [-200.0, 400.0], "lower": 2.0, "upper": 98.0, "nonzero": True}
+    assert ScanNormalize().settings != norm.settings
+
+
 # ---------------------------------------------------------------------------------------- dictionary forms
 
 
