@@ -5,13 +5,15 @@ the quality bar asks for 2 dB above the truncated slice itself, i.e. for the fre
 the neighbouring slices hold only loosely (``probe_inputs.py``'s ``kspace`` column: taking them from the
 neighbours loses 1.3 dB).
 This trains a small 2.5D U-Net (the restorer's :func:`~sgad_med.networks.residual_unet.slice_stack_unet`, one
-output: a residual added to slice k) on Gibbs-damaged stacks of training anatomies 0-29 (training styles,
-severity drawn from 0.2-0.8) for ``--minutes`` of wall time, and prints, every 500 iterations, PSNR in the head at
-severity 0.5 on validation anatomies 960-969 (validation styles; never used by training or the evaluation)
-against the truncated slice. With ``--data_consistency`` (default) the output's frequencies inside the truncation
-box are replaced by slice k's own, which are exact (the box is the true one in training and 0.5 here).
+output: a residual added to slice k; ``--features`` widens it) on Gibbs-damaged stacks of training anatomies
+0 to ``--anatomies`` - 1 (default 0-29; training styles, severity drawn from 0.2-0.8) for ``--minutes`` of wall
+time, and prints, every 500 iterations, PSNR in the head at severity 0.5 on validation anatomies 960-969
+(validation styles; never used by training or the evaluation) against the truncated slice. With
+``--data_consistency`` (default) the output's frequencies inside the truncation box are replaced by slice k's
+own, which are exact (the box is the true one in training and 0.5 here).
 
-    python bundles/slice_restoration/scripts/gibbs_sr_probe.py [--minutes 8] [--no-data_consistency]
+    python bundles/slice_restoration/scripts/gibbs_sr_probe.py [--minutes 8] [--no-data_consistency] \\
+        [--anatomies 30] [--features 16 16 32 64 128 16]
 """
 
 from __future__ import annotations
@@ -46,16 +48,19 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=8.0, help="wall time of the training")
     parser.add_argument("--data_consistency", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--anatomies", type=int, default=30, help="training anatomies (0 to N-1), 12 slices each")
+    parser.add_argument("--features", type=int, nargs=6, default=[16, 16, 32, 64, 128, 16],
+                        help="U-Net features (default: the restorer's)")
     args = parser.parse_args()
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    train = np.stack([c["stack"] for c in restoration_cases(slices_per_volume=12, anatomy_seeds=range(30),
-                                                            split="train")])
+    train = np.stack([c["stack"] for c in restoration_cases(slices_per_volume=12,
+                                                            anatomy_seeds=range(args.anatomies), split="train")])
     cases = restoration_cases(slices_per_volume=3, anatomy_seeds=range(960, 970), split="validation")
     clean = np.stack([c["stack"] for c in cases])
     masks = [c["mask"] for c in cases]
     damaged = torch.from_numpy(damage_stacks(clean, "gibbs", VALIDATION_SEVERITY, CONTEXT))
-    network = slice_stack_unet(CONTEXT, 1, (16, 16, 32, 64, 128, 16))
+    network = slice_stack_unet(CONTEXT, 1, tuple(args.features))
     optimizer = torch.optim.Adam(network.parameters(), 1e-3)
 
     def restore(stacks: torch.Tensor, keep: np.ndarray) -> torch.Tensor:
@@ -75,8 +80,9 @@ def main() -> None:
 
     truncated_psnr = validation_psnr(damaged[:, CONTEXT].numpy())  # the floor: the same at every report
 
-    print(f"{len(train)} training stacks (anatomies 0-29), {len(cases)} validation slices (anatomies 960-969, "
-          f"severity {VALIDATION_SEVERITY}); data consistency {args.data_consistency}; PSNR (dB) in the head")
+    print(f"{len(train)} training stacks (anatomies 0-{args.anatomies - 1}), {len(cases)} validation slices "
+          f"(anatomies 960-969, severity {VALIDATION_SEVERITY}); features {args.features}; data consistency "
+          f"{args.data_consistency}; PSNR (dB) in the head")
     print(f"{'iteration':>9} {'minutes':>7} {'network':>8} {'truncated':>9} {'gain':>6}")
     iteration, start = 0, time.time()
     while time.time() - start < 60.0 * args.minutes:
