@@ -40,21 +40,23 @@ SHARED_TRANSFORMS = "transforms"
 """The folder beside ``bundles/`` holding the transform chains every bundle shares (DESIGN.md, layout)."""
 
 
-def shared_transforms_dir(bundle_root: str | os.PathLike) -> Path:
-    """The shared ``transforms/`` folder for a bundle: ``<bundle_root>/../../transforms`` (the repository layout,
-    ``bundles/<name>``), else the one beside the package (a source checkout, for bundle folders copied elsewhere).
+def shared_fragment_path(bundle_root: str | os.PathLike, fragment: str) -> Path:
+    """Where ``transforms/<fragment>.json`` is for a bundle: beside the bundles folder holding it
+    (``<bundle_root>/../../transforms``, the repository layout), else beside the package (a source checkout, for
+    bundle folders copied elsewhere).
 
     Raises:
-        BundleError: neither exists.
+        BundleError: it is in neither place.
     """
-    candidates = [Path(bundle_root).resolve().parents[1] / SHARED_TRANSFORMS,
-                  Path(__file__).resolve().parents[1] / SHARED_TRANSFORMS]
+    name = f"{fragment}.json"
+    candidates = [Path(bundle_root).resolve().parents[1] / SHARED_TRANSFORMS / name,
+                  Path(__file__).resolve().parents[1] / SHARED_TRANSFORMS / name]
     for candidate in candidates:
-        if candidate.is_dir():
+        if candidate.is_file():
             return candidate
-    raise BundleError(bundle_root, f"no shared {SHARED_TRANSFORMS}/ folder (looked in "
-                      f"{', '.join(str(c) for c in candidates)})",
-                      fix="keep the bundle in the repository's bundles/ folder, beside transforms/")
+    raise BundleError(candidates[0], f"shared transform fragment not found (looked in "
+                      f"{', '.join(str(c.parent) for c in candidates)})",
+                      fix=f"keep the bundle in the repository's bundles/ folder, beside {SHARED_TRANSFORMS}/{name}")
 
 
 def shared_transform(bundle_root: str | os.PathLike, fragment: str, key: str) -> Any:
@@ -65,16 +67,14 @@ def shared_transform(bundle_root: str | os.PathLike, fragment: str, key: str) ->
     'scan_normalization', 'normalizer')"``.
 
     Args:
-        bundle_root: the bundle folder (see :func:`shared_transforms_dir`).
+        bundle_root: the bundle folder (see :func:`shared_fragment_path`).
         fragment: the fragment's file name without ``.json``.
         key: the id inside the fragment to instantiate.
 
     Raises:
         BundleError: the fragment or the key is missing.
     """
-    path = shared_transforms_dir(bundle_root) / f"{fragment}.json"
-    if not path.is_file():
-        raise BundleError(path, "shared transform fragment not found", fix=f"restore {SHARED_TRANSFORMS}/{path.name}")
+    path = shared_fragment_path(bundle_root, fragment)
     parser = ConfigParser()
     parser.read_config(str(path))
     if key not in parser:

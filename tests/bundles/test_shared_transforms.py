@@ -117,9 +117,13 @@ def test_editing_the_fragment_changes_every_bundle_and_mixed_normalizations_are_
 def test_a_missing_fragment_or_key_is_a_clear_error(tmp_path):
     bundle = tmp_path / "bundles" / "some_bundle"
     bundle.mkdir(parents=True)
+    with pytest.raises(BundleError, match="no_such_fragment.json.*shared transform fragment not found"):
+        shared_transform(bundle, "no_such_fragment", "normalizer")
     (tmp_path / "transforms").mkdir()
-    with pytest.raises(BundleError, match="scan_normalization.json.*shared transform fragment not found"):
-        shared_transform(bundle, "scan_normalization", "normalizer")
     shutil.copy(FRAGMENT, tmp_path / "transforms" / FRAGMENT.name)
     with pytest.raises(BundleError, match="has no 'no_such_key'"):
         shared_transform(bundle, "scan_normalization", "no_such_key")
+    # a bundle folder copied away from the repository finds the checkout's fragment
+    lone = tmp_path / "elsewhere" / "bundles" / "lone_bundle"
+    lone.mkdir(parents=True)
+    assert shared_transform(lone, "scan_normalization", "normalizer").settings == ScanNormalize().settings
