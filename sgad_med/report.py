@@ -111,11 +111,15 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
             )
 
 
-def _display_window(scan: Scan) -> tuple[float, float]:
-    """The scan-units range that maps to [0, 1] for display: the modality's normalization of the input."""
+def _display_window(result: Result) -> tuple[float, float]:
+    """The scan-units range that maps to [0, 1] for display: the input's normalization as the pipeline did it
+    (recorded in the result's settings), else the modality's default one."""
+    recorded = result.settings.get("normalization", {})
+    if "lo" in recorded and "hi" in recorded:
+        return float(recorded["lo"]), float(recorded["hi"])
     from sgad_med.transforms.intensity import normalize
 
-    _, params = normalize(scan.image[0:1], modality=scan.modality)
+    _, params = normalize(result.scan.image[0:1], modality=result.scan.modality)
     return float(params.lo), float(params.hi)
 
 
@@ -229,7 +233,7 @@ def write_scan_outputs(scan_dir: Path, result: Result, inputs: list[str], settin
     flagged = [int(k) for k in np.flatnonzero(np.asarray(result.flagged))]
     drawn = flagged[:MAX_SLICE_FIGURES]
     if drawn:
-        window = _display_window(result.scan)
+        window = _display_window(result)
         for k in drawn:
             path = figures_dir / slice_figure_name(k)
             _slice_figure(result, k, window, path)

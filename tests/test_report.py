@@ -137,6 +137,22 @@ def test_figures_exist_for_flagged_slices_and_the_scores(tmp_path):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_slice_figures_show_the_input_as_the_pipeline_normalized_it(tmp_path, monkeypatch):
+    import sgad_med.report as report
+
+    windows = []
+    monkeypatch.setattr(report, "_slice_figure", lambda result, k, window, path: windows.append(window))
+    result = make_result()
+    write_scan_outputs(tmp_path, result, ["x"], {})  # no recorded normalization: the modality's default
+    lo, hi = np.percentile(result.scan.image[0].numpy()[result.scan.image[0].numpy() != 0], [0.5, 99.5])
+    assert np.allclose(windows[0], (lo, hi), rtol=1e-5)
+    result.settings["normalization"] = {"kind": "mr_percentile", "lo": 10.0, "hi": 500.0}
+    windows.clear()
+    (tmp_path / "again").mkdir()
+    write_scan_outputs(tmp_path / "again", result, ["x"], {})
+    assert windows == [(10.0, 500.0), (10.0, 500.0)]
+
+
 def test_slice_figures_are_capped(tmp_path, monkeypatch):
     import sgad_med.report as report_module
 
