@@ -75,8 +75,7 @@ class CorruptedSlices(SyntheticVolumeDataset):
         min_foreground: a slice is drawn only if at least this fraction of it is head.
         multiple: pad H and W to a multiple of this.
         cache: keep the clean stacks of a volume in memory after their first use.
-        normalizer: the scan normalization of inference (bundles: ``transforms/scan_normalization.json``);
-            default :class:`~sgad_med.transforms.ScanNormalize` with its defaults.
+        normalizer: the scan normalization of inference (see :class:`~sgad_med.data.slices.SyntheticVolumeDataset`).
     """
 
     def __init__(
@@ -105,7 +104,7 @@ class CorruptedSlices(SyntheticVolumeDataset):
         unknown = sorted(set(kinds) - set(ARTIFACT_KINDS))
         if unknown or not kinds:
             raise ValueError(f"kinds must be a non-empty subset of {ARTIFACT_KINDS}, got unknown {unknown}")
-        super().__init__(anatomy_seeds, styles_per_anatomy, spacing, seed, mni_dir)
+        super().__init__(anatomy_seeds, styles_per_anatomy, spacing, seed, mni_dir, normalizer)
         self.slices_per_volume = int(slices_per_volume)
         self.split = split
         self.context = int(context)
@@ -121,7 +120,6 @@ class CorruptedSlices(SyntheticVolumeDataset):
         self.min_foreground = float(min_foreground)
         self.multiple = int(multiple)
         self.cache = cache
-        self.normalizer = normalizer if normalizer is not None else ScanNormalize()
         self.damage_seed = self.seed
         self._stacks: dict[int, torch.Tensor] = {}
         self._accesses: dict[int, int] = {}
@@ -133,7 +131,7 @@ class CorruptedSlices(SyntheticVolumeDataset):
         rng = np.random.default_rng([self.seed, index, 0])
         pair = self.generator.pair(self.anatomy_seed(index), style_seed=index, split=self.split)
         volume = pair["target"] if rng.random() < self.reference_fraction else pair["source"]
-        volume01 = torch.as_tensor(self.normalizer.normalize_with_params(volume[None], "MR")[0])[0]
+        volume01 = self.normalized(volume)
         if rng.random() < self.harmonized_fraction:
             volume01 = torch.as_tensor(self.harmonizer.harmonize01(volume01))
         foreground = (pair["target"] > 0.05).mean(axis=(0, 1))

@@ -39,10 +39,12 @@ class SyntheticVolumeDataset(Dataset):
         spacing: voxel size of the synthetic volumes, mm.
         seed: generator seed.
         mni_dir: where the MNI maps are (``None``: searched).
+        normalizer: the scan normalization of inference (bundles: ``transforms/scan_normalization.json``);
+            default :class:`~sgad_med.transforms.ScanNormalize` with its defaults.
     """
 
     def __init__(self, anatomy_seeds: Sequence[int], styles_per_anatomy: int, spacing: float, seed: int,
-                 mni_dir: str | os.PathLike | None) -> None:
+                 mni_dir: str | os.PathLike | None, normalizer: ScanNormalize | None = None) -> None:
         from sgad_med.data.mni import find_mni_dir
 
         self.anatomy_seeds = list(anatomy_seeds)
@@ -50,8 +52,13 @@ class SyntheticVolumeDataset(Dataset):
         self.spacing = float(spacing)
         self.seed = int(seed)
         self.mni_dir = mni_dir
+        self.normalizer = normalizer if normalizer is not None else ScanNormalize()
         self._generator: SyntheticStyleGenerator | None = None
         find_mni_dir(mni_dir)
+
+    def normalized(self, volume: np.ndarray) -> torch.Tensor:
+        """A synthetic volume ``[H, W, D]`` normalized as a real MR scan is at inference, in [0, 1]."""
+        return torch.as_tensor(self.normalizer.normalize_with_params(volume[None], "MR")[0])[0]
 
     def __len__(self) -> int:
         return len(self.anatomy_seeds) * self.styles_per_anatomy
@@ -98,8 +105,7 @@ class HarmonizationSlices(SyntheticVolumeDataset):
         min_foreground: a slice is drawn only if at least this fraction of it is head.
         multiple: pad H and W to a multiple of this (the U-Net's total downsampling).
         cache: keep items in memory after their first use.
-        normalizer: the scan normalization of inference (bundles: ``transforms/scan_normalization.json``);
-            default :class:`~sgad_med.transforms.ScanNormalize` with its defaults.
+        normalizer: the scan normalization of inference (see :class:`SyntheticVolumeDataset`).
     """
 
     def __init__(
@@ -117,14 +123,13 @@ class HarmonizationSlices(SyntheticVolumeDataset):
         cache: bool = True,
         normalizer: ScanNormalize | None = None,
     ) -> None:
-        super().__init__(anatomy_seeds, styles_per_anatomy, spacing, seed, mni_dir)
+        super().__init__(anatomy_seeds, styles_per_anatomy, spacing, seed, mni_dir, normalizer)
         self.slices_per_volume = int(slices_per_volume)
         self.split = split
         self.context = int(context)
         self.min_foreground = float(min_foreground)
         self.multiple = int(multiple)
         self.cache = cache
-        self.normalizer = normalizer if normalizer is not None else ScanNormalize()
         self._items: dict[int, dict[str, torch.Tensor]] = {}
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
@@ -133,11 +138,10 @@ class HarmonizationSlices(SyntheticVolumeDataset):
         pair = self.generator.pair(self.anatomy_seed(index), style_seed=index, split=self.split)
         # Both sides are normalized as a real MR scan is at inference, so a scan already in the reference style
         # maps to itself (the identity term and the evaluation's preservation check rely on this).
-        source = self.normalizer.normalize_with_params(pair["source"][None], "MR")[0][0]
-        target = torch.as_tensor(self.normalizer.normalize_with_params(pair["target"][None], "MR")[0])[0]
+        source, target = self.normalized(pair["source"]), self.normalized(pair["target"])
         foreground = torch.from_numpy(pair["target"] > 0.05).float().mean(dim=(0, 1)).numpy()
         chosen = choose_slices(foreground, self.min_foreground, self.slices_per_volume, [self.seed, index])
-        image, _ = pad_to_multiple(slice_stacks(torch.as_tensor(source), self.context, chosen), self.multiple)
+        image, _ = pad_to_multiple(slice_stacks(source, self.context, chosen), self.multiple)
         reference, _ = pad_to_multiple(slice_stacks(target, self.context, chosen), self.multiple)
         item = {
             "image": image,
