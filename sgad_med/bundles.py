@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +25,19 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
-def bundle_config(bundle: str | os.PathLike, config: str = "inference.json") -> ConfigParser:
-    """Parse ``configs/<config>`` of a bundle folder, with ``bundle_root`` set to that folder."""
+def bundle_config(bundle: str | os.PathLike, config: str = "inference.json",
+                  overlays: Sequence[str] = ()) -> ConfigParser:
+    """Parse ``configs/<config>`` of a bundle folder, then each of ``overlays`` (``configs/<name>`` files whose keys
+    replace the config's, as ``monai.bundle run --config_file "[a, b]"`` layers them), with ``bundle_root`` set to
+    that folder."""
     root = Path(bundle)
-    path = root / "configs" / config
-    if not path.is_file():
-        raise BundleError(root, f"has no configs/{config}", fix="point at a bundle folder such as bundles/<name>")
+    paths = [root / "configs" / name for name in (config, *overlays)]
+    for path in paths:
+        if not path.is_file():
+            raise BundleError(root, f"has no configs/{path.name}",
+                              fix="point at a bundle folder such as bundles/<name>")
     parser = ConfigParser()
-    parser.read_config(str(path))
+    parser.read_config([str(path) for path in paths])
     parser["bundle_root"] = str(root)
     return parser
 
@@ -83,7 +89,8 @@ def shared_transform(bundle_root: str | os.PathLike, fragment: str, key: str) ->
 
 
 def load_bundle_network(
-    bundle: str | os.PathLike, device: str | torch.device = "auto", weights: str | os.PathLike | None = None
+    bundle: str | os.PathLike, device: str | torch.device = "auto", weights: str | os.PathLike | None = None,
+    overlays: Sequence[str] = (),
 ) -> tuple[nn.Module, ConfigParser]:
     """Build a bundle's ``network_def`` and load its trained weights (``models/model.pt``), in eval mode.
 
@@ -94,13 +101,18 @@ def load_bundle_network(
         bundle: the bundle folder.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
         weights: another weights file instead of ``models/model.pt``.
+        overlays: config files layered over ``inference.json`` (e.g. the harmonization bundle's
+            ``unet_generator.json``, which selects the previous generator); their ``checkpoint`` key, when they set
+            one, names the weights.
 
     Returns:
         The network on ``device`` and the parsed inference config.
     """
-    parser = bundle_config(bundle)
+    parser = bundle_config(bundle, overlays=overlays)
     target = resolve_device(device)
     network: nn.Module = parser.get_parsed_content("network_def", instantiate=True)
+    if weights is None and overlays and "checkpoint" in parser:
+        weights = parser.get_parsed_content("checkpoint")
     path = Path(weights) if weights is not None else Path(bundle) / "models" / "model.pt"
     if not path.is_file():
         raise BundleError(path, "weights file not found", fix="train the bundle or pass weights=")

@@ -15,6 +15,8 @@ from sgad_med.bundles import resolve_device
 from sgad_med.errors import SGADError
 from sgad_med.io import Scan, load_scan
 from sgad_med.transforms.intensity import ScanNormalize, denormalize
+from sgad_med.transforms.scan_lut import apply_intensity_lut, fit_intensity_lut
+from sgad_med.transforms.slices import foreground_slices
 
 if TYPE_CHECKING:
     from sgad_med.detector import SliceAnomalyDetector
@@ -44,6 +46,10 @@ class Result:
         timings: seconds per stage (``load``, ``harmonize``, ``detect``, ``restore``, ``total``; ``write``
             once written).
         settings: the options the pipeline ran with.
+        fallback: slices whose corrected version is the safe fallback instead of the harmonized or restored slice
+            ``[D]`` (see :class:`SGADPipeline`; ``None``: none).
+        fallback_scope: ``"none"``, ``"slices"`` (the slices the harmonizer damaged) or ``"scan"`` (the harmonizer
+            damaged most of the scan: every slice is the input).
     """
 
     scan: Scan
@@ -58,6 +64,8 @@ class Result:
     threshold: float
     timings: dict[str, float] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    fallback: np.ndarray | None = None
+    fallback_scope: str = "none"
 
     @property
     def flagged_slices(self) -> list[int]:
@@ -98,6 +106,15 @@ class SGADPipeline:
     version scores below the threshold, ``"both"`` slices anomalous before and after harmonization; both kinds are
     restored too (a damaged input slice that the GAN made look plausible is still not to be trusted).
 
+    **Safe fallback.** A slice flagged with cause ``"harmonization"`` is *not* restored from its harmonized
+    neighbours (they may be damaged as well, and restoring cannot bring back anatomy they lost): its corrected
+    version is the input slice mapped through one lookup table per scan, fitted from the input to the harmonized
+    intensities on the slices the check trusts (:mod:`sgad_med.transforms.scan_lut`), which keeps every edge of the
+    input and adds none. When the harmonizer damaged more than ``scan_fallback_fraction`` of the slices with
+    anatomy, nothing of the harmonization is trusted: every corrected slice is the input itself. Both are recorded
+    (:attr:`Result.fallback`, :attr:`Result.fallback_scope`; ``slices.csv`` and ``report.json``). ``harmonized``
+    stays the generator's output, so that the damage can be seen.
+
     Args:
         harmonizer: a :class:`~sgad_med.harmonizer.Harmonizer` (may be ``None`` when ``harmonize`` is False).
         detector: a :class:`~sgad_med.detector.SliceAnomalyDetector`.
@@ -111,6 +128,10 @@ class SGADPipeline:
             ``None`` leaves them where they are.
         batch_size: slices per forward pass for every component (``None`` keeps theirs).
         progress: show progress bars over the slices of each stage.
+        fallback: use the safe fallback above (``False``: restore harmonization-damaged slices like the others).
+            Under ``restore_policy="none"`` nothing is corrected, the fallback included.
+        scan_fallback_fraction: share of the slices with anatomy damaged by harmonization above which the whole
+            scan falls back to the input.
 
     Example::
 
@@ -131,6 +152,8 @@ class SGADPipeline:
         device: str | torch.device | None = "auto",
         batch_size: int | None = None,
         progress: bool = False,
+        fallback: bool = True,
+        scan_fallback_fraction: float = 0.5,
     ) -> None:
         if restore_policy not in RESTORE_POLICIES:
             raise SGADError(None, f"unknown restore policy {restore_policy!r}", fix=f"use one of {RESTORE_POLICIES}")
@@ -145,6 +168,8 @@ class SGADPipeline:
         self.harmonize = bool(harmonize)
         self._threshold = None if threshold is None else float(threshold)
         self.restore_policy = restore_policy
+        self.fallback = bool(fallback)
+        self.scan_fallback_fraction = float(scan_fallback_fraction)
         self.device = None if device is None else resolve_device(device)
         for component in self._components():
             if self.device is not None and hasattr(component, "network"):
@@ -229,6 +254,8 @@ class SGADPipeline:
             "threshold": self.threshold,
             "threshold_source": "override" if self._threshold is not None else "detector",
             "restore_policy": self.restore_policy,
+            "fallback": self.fallback,
+            "scan_fallback_fraction": self.scan_fallback_fraction,
             "device": str(self.device if self.device is not None else self.detector.device),
             "batch_size": {name: int(c.batch_size) for name, c in zip(("harmonizer", "detector", "restorer"),
                            (self.harmonizer, self.detector, self.restorer)) if c is not None},
@@ -270,10 +297,18 @@ class SGADPipeline:
         harmonized_flags = None if harmonized_scores is None else harmonized_scores >= threshold
         cause = _causes(input_scores >= threshold, harmonized_flags)
         timings["detect"] = _lap(clock)
+
+        clock = time.perf_counter()
+        fallback, scope = self._fallback_slices(input01, cause)
+        fallback01 = None
+        if scope == "slices":
+            table = fit_intensity_lut(input01, harmonized01, ~flagged & foreground_slices(input01))
+            fallback01 = apply_intensity_lut(input01[..., fallback], table)
+        timings["fallback"] = _lap(clock)
         del input01  # drop our reference: fewer whole volumes alive during restoration
 
         clock = time.perf_counter()
-        restored = flagged.copy() if self.restore_policy == "flagged" else np.zeros_like(flagged)
+        restored = flagged & ~fallback if self.restore_policy == "flagged" else np.zeros_like(flagged)
         chosen = np.flatnonzero(restored)
         repaired01 = self.restorer.restore01(harmonized01, chosen)[..., chosen] if chosen.size else None
         timings["restore"] = _lap(clock)
@@ -289,6 +324,11 @@ class SGADPipeline:
         if repaired01 is not None:
             # Only the restored slices change: everywhere else corrected equals harmonized bit for bit.
             corrected_image[0, ..., chosen] = torch.as_tensor(denormalize(repaired01, params, restore_clipped=False))
+        if scope == "scan":
+            corrected_image = image[0:1].clone()  # nothing of the harmonization is trusted: the input, bit for bit
+        elif fallback01 is not None:
+            corrected_image[0, ..., fallback] = torch.as_tensor(
+                denormalize(fallback01[None], params, restore_clipped=False))[0]
         corrected = scan.with_image(corrected_image)
         timings["denormalize"] = _lap(clock)
         timings["total"] = time.perf_counter() - start
@@ -309,7 +349,19 @@ class SGADPipeline:
             threshold=threshold,
             timings=timings,
             settings=settings,
+            fallback=fallback,
+            fallback_scope=scope,
         )
+
+    def _fallback_slices(self, input01: torch.Tensor, cause: list[str]) -> tuple[np.ndarray, str]:
+        """Which slices take the safe fallback, and its scope (see the class docstring)."""
+        damaged = np.array([c == "harmonization" for c in cause], dtype=bool)
+        if not (self.harmonize and self.fallback and self.restore_policy == "flagged" and damaged.any()):
+            return np.zeros(len(cause), dtype=bool), "none"
+        anatomy = foreground_slices(input01)
+        if anatomy.any() and damaged[anatomy].mean() > self.scan_fallback_fraction:
+            return np.ones(len(cause), dtype=bool), "scan"
+        return damaged, "slices"
 
 
 def _lap(clock: float) -> float:

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from sgad_med.pipeline import Result
 
 #: Columns of ``slices.csv``, in order (the first four are the output contract).
-SLICE_COLUMNS = ("slice", "score", "flagged", "restored", "input_score", "harmonized_score", "cause")
+SLICE_COLUMNS = ("slice", "score", "flagged", "restored", "input_score", "harmonized_score", "cause", "fallback")
 
 #: At most this many flagged slices get a figure each (the scores plot always covers every slice).
 MAX_SLICE_FIGURES = 24
@@ -93,6 +93,7 @@ def slice_rows(result: Result) -> list[dict[str, Any]]:
                 "input_score": _score(result.input_scores[k]),
                 "harmonized_score": None if result.harmonized_scores is None else _score(result.harmonized_scores[k]),
                 "cause": str(result.cause[k]) if k < len(result.cause) else "",
+                "fallback": int(result.fallback is not None and bool(result.fallback[k])),
             }
         )
     return rows
@@ -137,6 +138,12 @@ def _aspect(scan: Scan) -> float:
     return spacing[1] / spacing[0] if spacing[0] > 0 else 1.0
 
 
+def _corrected_title(result: Result, k: int) -> str:
+    if result.fallback is not None and bool(result.fallback[k]):
+        return "fallback: input mapped" if result.fallback_scope == "slices" else "fallback: input"
+    return "restored" if bool(result.restored[k]) else "corrected (not restored)"
+
+
 def _slice_figure(result: Result, k: int, window: tuple[float, float], path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -146,7 +153,7 @@ def _slice_figure(result: Result, k: int, window: tuple[float, float], path: Pat
     panels: list[tuple[str, np.ndarray | None]] = [
         ("input", before),
         ("harmonized", None if result.harmonized is None else _display_slice(result.harmonized, k, window)),
-        ("restored" if bool(result.restored[k]) else "corrected (not restored)", after),
+        (_corrected_title(result, k), after),
     ]
     difference = np.abs(after - before)
     fig = Figure(figsize=(12, 3.4), dpi=80)
@@ -257,7 +264,9 @@ def write_scan_outputs(scan_dir: Path, result: Result, inputs: list[str], settin
             "flagged_by_harmonization": sum(
                 1 for r in rows if r["flagged"] and r["cause"] in ("harmonization", "both")
             ),
+            "fallback": sum(r["fallback"] for r in rows),
         },
+        "harmonization_fallback": result.fallback_scope,
         "figures": {
             "scores": f"{FIGURES_DIR}/{SCORES_FIGURE}",
             "slices": {str(k): f"{FIGURES_DIR}/{slice_figure_name(k)}" for k in drawn},

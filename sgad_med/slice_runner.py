@@ -49,11 +49,13 @@ class SliceNetworkRunner:
 
     @classmethod
     def from_bundle(cls, bundle: str | os.PathLike | None = None, device: str | torch.device = "auto",
-                    **kwargs: Any) -> SliceNetworkRunner:
+                    overlays: Sequence[str] = (), **kwargs: Any) -> SliceNetworkRunner:
         """Build the bundle's ``network_def`` with its ``models/model.pt`` (see :func:`load_bundle_network`), called
         through the ``inferer`` and with the ``normalizer`` of the bundle's ``inference.json`` unless given, so that
-        scripts, the pipeline and ``monai.bundle run`` get the same outputs."""
-        network, parser = load_bundle_network(bundle if bundle is not None else cls.default_bundle, device)
+        scripts, the pipeline and ``monai.bundle run`` get the same outputs. ``overlays`` are config files layered
+        over ``inference.json`` (e.g. ``["unet_generator.json"]`` for the previous harmonization generator)."""
+        network, parser = load_bundle_network(bundle if bundle is not None else cls.default_bundle, device,
+                                              overlays=overlays)
         for name in ("inferer", "normalizer"):
             if name not in kwargs and name in parser:
                 kwargs[name] = parser.get_parsed_content(name)

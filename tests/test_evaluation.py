@@ -10,6 +10,7 @@ import pytest
 
 from sgad_med.data.synthetic import HELDOUT_ANATOMY_SEEDS, REFERENCE_STYLE, SyntheticStyleGenerator
 from sgad_med.evaluation import (
+    ANATOMY_METRICS,
     METRICS,
     PSNR_CAP_DB,
     NyulStandardizer,
@@ -266,7 +267,7 @@ def test_evaluate_harmonization_scores_an_oracle_above_doing_nothing():
     assert set(results["methods"]) == set(methods) and results["n_cases"] == 2
     assert results["metrics"] == list(METRICS)
     for name in methods:
-        assert set(results["methods"][name]) == set(METRICS)
+        assert set(results["methods"][name]) == set(METRICS) | set(ANATOMY_METRICS)
         for stats in results["methods"][name].values():
             assert set(stats) == {"mean", "std"} and math.isfinite(stats["mean"]) and stats["std"] >= 0
     assert [c["style"] for c in results["cases"]] == ["tiny-0", "tiny-1"]

@@ -76,7 +76,10 @@ def test_result_fields_flags_causes_and_only_flagged_slices_restored(damaged_sca
     assert np.all((result.scores >= 0) & (result.scores <= 1))
     assert np.array_equal(result.scores, np.maximum(result.input_scores, result.harmonized_scores))
     assert result.flagged_slices == [INPUT_DAMAGED, GAN_DAMAGED]
-    assert np.array_equal(result.restored, result.flagged)
+    # the slice the GAN damaged takes the safe fallback instead of restoration from harmonized neighbours
+    assert result.restored.tolist() == [k == INPUT_DAMAGED for k in range(depth)]
+    assert result.fallback.tolist() == [k == GAN_DAMAGED for k in range(depth)]
+    assert result.fallback_scope == "slices"
     assert set(result.cause) <= set(CAUSES)
     # Arrived damaged (the stub harmonizer dims it below saturation, so only the input score flags it).
     assert result.cause[INPUT_DAMAGED] == "input"
@@ -93,15 +96,68 @@ def test_result_fields_flags_causes_and_only_flagged_slices_restored(damaged_sca
     unflagged = ~result.flagged
     assert np.array_equal(corrected[..., unflagged], harmonized[..., unflagged])
     assert not np.allclose(corrected[..., GAN_DAMAGED], harmonized[..., GAN_DAMAGED])
-    expected = 0.5 * (harmonized[..., GAN_DAMAGED - 1] + harmonized[..., GAN_DAMAGED + 1])
-    assert np.allclose(corrected[..., GAN_DAMAGED], expected, rtol=1e-4, atol=1e-2)
+    # the fallback is the input slice through the scan's input -> harmonized table (here: x 0.9, in [0, 1] units)
+    original = damaged_scan.image.numpy()
+    fallback_slice = corrected[..., GAN_DAMAGED].ravel()
+    with_input = np.corrcoef(fallback_slice, original[..., GAN_DAMAGED].ravel())[0, 1]
+    neighbours = 0.5 * (harmonized[..., GAN_DAMAGED - 1] + harmonized[..., GAN_DAMAGED + 1]).ravel()
+    assert with_input > 0.99 and with_input > np.corrcoef(fallback_slice, neighbours)[0, 1]
+    expected = 0.5 * (harmonized[..., INPUT_DAMAGED - 1] + harmonized[..., INPUT_DAMAGED + 1])
+    assert np.allclose(corrected[..., INPUT_DAMAGED], expected, rtol=1e-4, atol=1e-2)
     assert result.settings["harmonize"] is True and result.settings["restore_policy"] == "flagged"
 
 
 def test_restorer_works_on_the_harmonized_volume_and_only_on_flagged_slices(damaged_scan):
     pipeline = _stub_pipeline()
     pipeline(damaged_scan)
-    assert pipeline.restorer.calls == [[INPUT_DAMAGED, GAN_DAMAGED]]
+    assert pipeline.restorer.calls == [[INPUT_DAMAGED]]
+    unsafe = _stub_pipeline(fallback=False)
+    result = unsafe(damaged_scan)
+    assert unsafe.restorer.calls == [[INPUT_DAMAGED, GAN_DAMAGED]] and not result.fallback.any()
+    harmonized = result.harmonized.image.numpy()
+    expected = 0.5 * (harmonized[..., GAN_DAMAGED - 1] + harmonized[..., GAN_DAMAGED + 1])
+    assert np.allclose(result.corrected.image.numpy()[..., GAN_DAMAGED], expected, rtol=1e-4, atol=1e-2)
+
+
+class WreckingHarmonizer(StubHarmonizer):
+    """A harmonizer that damages most slices of the scan, each in its own way (saturation and invented blobs)."""
+
+    def harmonize01(self, volume01: torch.Tensor) -> torch.Tensor:
+        out = volume01 * 0.9
+        out[..., 1:] = 1.0
+        return out
+
+
+def test_a_scan_the_harmonizer_wrecked_falls_back_to_the_input_bit_for_bit(damaged_scan):
+    data = damaged_scan.image.numpy().copy()
+    data[..., INPUT_DAMAGED] = data[..., INPUT_DAMAGED - 1]  # a clean scan this time
+    scan = damaged_scan.with_image(torch.as_tensor(data))
+    pipeline = SGADPipeline(WreckingHarmonizer(), StubDetector(), StubRestorer(), device=None)
+    result = pipeline(scan)
+    assert result.fallback_scope == "scan" and result.fallback.all() and not result.restored.any()
+    assert pipeline.restorer.calls == []
+    assert np.array_equal(result.corrected.image.numpy(), scan.image.numpy())
+    wrecked = result.harmonized.image.numpy()[..., 1:]
+    assert np.ptp(wrecked) < 1e-3 < np.ptp(data[..., 1:])  # harmonized.nii.gz still shows the damage
+
+
+def test_fallback_keeps_the_input_anatomy_where_the_harmonizer_invented_some(damaged_scan):
+    """A harmonizer paints a bright square into one slice: the corrected slice has the input's edges only."""
+
+    class Painter(StubHarmonizer):
+        def harmonize01(self, volume01):
+            out = volume01 * 0.9
+            out[5:12, 5:12, GAN_DAMAGED] = 1.0
+            return out
+
+    data = damaged_scan.image.numpy().copy()
+    data[..., INPUT_DAMAGED] = data[..., INPUT_DAMAGED - 1]
+    scan = damaged_scan.with_image(torch.as_tensor(data))
+    result = SGADPipeline(Painter(), StubDetector(threshold=0.08), StubRestorer(), device=None)(scan)
+    assert result.cause[GAN_DAMAGED] == "harmonization" and result.fallback[GAN_DAMAGED]
+    corrected, original = result.corrected.image.numpy()[0], data[0]
+    gradient = [np.hypot(*np.gradient(v[..., GAN_DAMAGED])) for v in (corrected, original)]
+    assert np.corrcoef(gradient[0].ravel(), gradient[1].ravel())[0, 1] > 0.99
 
 
 def test_no_harmonize_detects_and_restores_the_input(damaged_scan):

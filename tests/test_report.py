@@ -119,7 +119,9 @@ def test_report_json_is_strict_and_complete(tmp_path):
     assert report["scan_id"] == "subject-01" and report["inputs"] == ["in/subject-01.nii.gz"]
     assert report["shape"] == [24, 20, 7] and report["spacing"] == pytest.approx([0.9, 0.9, 2.5])
     assert set(report["versions"]) == {"sgad_med", "torch", "monai", "python"}
-    assert report["counts"] == {"slices": 7, "flagged": 2, "restored": 2, "flagged_by_harmonization": 1}
+    assert report["counts"] == {"slices": 7, "flagged": 2, "restored": 2, "flagged_by_harmonization": 1,
+                                "fallback": 0}
+    assert report["harmonization_fallback"] == "none"
     assert report["settings"]["nan"] is None and report["settings"]["array"] == [1, 2]
     assert report["settings"]["out"] == str(tmp_path)
     assert len(report["slices"]) == 7 and report["slices"][4]["cause"] == "harmonization"

@@ -42,6 +42,7 @@ from scipy import ndimage
 from scipy.stats import wasserstein_distance
 from skimage.exposure import match_histograms
 
+from sgad_med.evaluation.anatomy import anatomy_metrics, gradient_correlation
 from sgad_med.evaluation.heldout import check_protocol_normalization, heldout_pairs, normalize_mr, synthetic_pairs
 from sgad_med.evaluation.metrics import (
     PSNR_CAP_DB,
@@ -53,12 +54,14 @@ from sgad_med.evaluation.metrics import (
     ssim_map,
     wasserstein_histogram,
 )
+from sgad_med.evaluation.harmonization_stress import cross_style_ssim
 from sgad_med.evaluation.real_scans import default_real_scans
 
 __all__ = [
     "MIN_SLICE_FOREGROUND",
     "PSNR_CAP_DB",
     "METRICS",
+    "ANATOMY_METRICS",
     "ssim_map",
     "ssim",
     "psnr",
@@ -83,12 +86,18 @@ __all__ = [
     "edge_agreement",
     "evaluate_real_scans",
     "format_real_table",
+    "format_anatomy_table",
+    "format_cross_style",
+    "oracle_methods",
+    "by_style",
 ]
 
 #: A slice takes part in the per-slice metrics of :func:`volume_metrics` when at least this fraction of it is head.
 MIN_SLICE_FOREGROUND = 0.05
 #: The metrics :func:`volume_metrics` returns, in table order: masked first, then whole-slice, then histogram.
 METRICS: tuple[str, ...] = ("ssim_mask", "psnr_mask", "mae_mask", "ssim", "psnr", "mae", "wasserstein")
+#: The anatomy-preservation metrics :func:`evaluate_harmonization` adds (see :mod:`sgad_med.evaluation.anatomy`).
+ANATOMY_METRICS: tuple[str, ...] = ("grad_corr", "grad_corr_min", "hallucination", "flicker")
 
 
 def head_mask(reference_volume_or_anatomy: Any, threshold: float = 0.05, closing_iterations: int = 2) -> np.ndarray:
@@ -430,7 +439,9 @@ def evaluate_harmonization(
     [0, 1] (every stage of the pipeline works in [0, 1]; the harmonizer clamps too). A method marked with
     :func:`uses_case` gets the whole case dict instead. Metrics (see :func:`volume_metrics`):
     per-slice 2D SSIM/PSNR/MAE inside the case's mask and over whole slices, averaged over the slices with head,
-    and the Wasserstein distance between the output's and the target's head-voxel histograms.
+    and the Wasserstein distance between the output's and the target's head-voxel histograms; then the
+    anatomy-preservation metrics of :func:`~sgad_med.evaluation.anatomy.anatomy_metrics` (:data:`ANATOMY_METRICS`:
+    gradient correlation with the truth, mean and worst slice, the rate of invented edges, slice flicker).
 
     When a case holds ``reference_input`` (a scan already in the reference style, see :func:`heldout_cases`),
     each method is also run on it and its MAE to its input inside the mask is reported as
@@ -470,7 +481,8 @@ def evaluate_harmonization(
             start = time.perf_counter()
             output = _apply(method, case, source)
             timings[name] += time.perf_counter() - start
-            per_case[name].append(volume_metrics(output, target, mask, min_foreground))
+            per_case[name].append({**volume_metrics(output, target, mask, min_foreground),
+                                   **anatomy_metrics(output, target, mask, min_foreground)})
             if preserve:
                 reference_input = np.asarray(case["reference_input"])
                 same = _apply(method, case, reference_input)
@@ -478,7 +490,8 @@ def evaluate_harmonization(
     results: dict[str, Any] = {
         "metrics": list(METRICS),
         "n_cases": len(cases),
-        "methods": {name: {m: _mean_std([r[m] for r in rows]) for m in METRICS} for name, rows in per_case.items()},
+        "methods": {name: {m: _mean_std([r[m] for r in rows]) for m in METRICS + ANATOMY_METRICS}
+                    for name, rows in per_case.items()},
         "seconds_per_case": {name: t / len(cases) for name, t in timings.items()},
     }
     if preserve:
@@ -621,6 +634,7 @@ def _cases(pairs: Iterable[dict]) -> list[dict]:
                 "style_seed": pair["style_seed"],
                 "style": pair["style"].name,
                 "style_params": pair["style_params"],
+                **({"labels": pair["labels"]} if "labels" in pair else {}),
             }
         )
     return cases
@@ -707,19 +721,31 @@ def evaluate_real_scans(
                 "w1_before": float(wasserstein_distance(source[foreground], reference_voxels)),
                 "w1_after": float(wasserstein_distance(output[foreground], reference_voxels)),
                 "edge_ncc": edge_agreement(output, source),
+                **_input_gradient_correlation(output, source, foreground),
             }
         )
     return rows
 
 
+def _input_gradient_correlation(output: np.ndarray, source: np.ndarray, foreground: np.ndarray) -> dict:
+    """Gradient correlation of output and input per slice with tissue (>= 5 % of the slice above 0.05)."""
+    values = gradient_correlation(output, source, foreground)
+    return {"grad_corr_input": float(values.mean()) if values.size else None,
+            "grad_corr_input_min": float(values.min()) if values.size else None}
+
+
 def format_real_table(rows: Sequence[dict]) -> str:
     """The real-scan rows as a fixed-width table."""
-    lines = [f"{'real scan (no truth)':<44}{'shape':>16}{'W1 before':>12}{'W1 after':>12}{'edge NCC':>10}"]
+    lines = [f"{'real scan (no truth)':<44}{'shape':>16}{'W1 before':>12}{'W1 after':>12}{'edge NCC':>10}"
+             f"{'grad corr':>11}{'worst':>8}"]
     lines.append("-" * len(lines[0]))
     for row in rows:
         shape = "x".join(map(str, row["shape"]))
+        corr = row.get("grad_corr_input")
+        worst = row.get("grad_corr_input_min")
         lines.append(
             f"{row['scan']:<44}{shape:>16}{row['w1_before']:>12.4f}{row['w1_after']:>12.4f}{row['edge_ncc']:>10.3f}"
+            + (f"{corr:>11.3f}{worst:>8.3f}" if corr is not None else f"{'-':>11}{'-':>8}")
         )
     return "\n".join(lines)
 
@@ -765,11 +791,67 @@ def baseline_methods(references: Sequence[np.ndarray]) -> dict[str, Callable[[di
     }
 
 
+def oracle_methods() -> dict[str, Callable[[dict], np.ndarray]]:
+    """The oracle rows (see :mod:`sgad_med.evaluation.harmonization_oracle`): a lookup table per true tissue plus
+    a fitted bias field, without and with the best self-guided denoising; they need the cases' ``labels``."""
+    from sgad_med.evaluation.harmonization_oracle import tissue_lut_oracle
+
+    def oracle(denoise: bool) -> Callable[[dict], np.ndarray]:
+        return uses_case(lambda case: tissue_lut_oracle(case["source"], case["target"], case["labels"], case["mask"],
+                                                        denoise=denoise))
+
+    return {"oracle: tissue LUT + bias": oracle(False), "oracle: + guided filter": oracle(True)}
+
+
+def by_style(results: dict, metric: str) -> dict[str, dict[str, float]]:
+    """Per style name (e.g. ``"t2-heldout"``), the mean of ``metric`` over its cases, for every method."""
+    methods = list(results["methods"])
+    styles: dict[str, dict[str, list[float]]] = {}
+    for case in results["cases"]:
+        entry = styles.setdefault(str(case["style"]), {m: [] for m in methods})
+        for m in methods:
+            entry[m].append(case[m][metric])
+    return {style: {m: float(np.mean(v)) for m, v in entry.items()} for style, entry in sorted(styles.items())}
+
+
+#: Columns of :func:`format_anatomy_table`: (metric, title, format).
+ANATOMY_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("ssim_mask", "SSIM(mask)", "{:.3f}"),
+    ("grad_corr", "grad corr", "{:.3f}"),
+    ("grad_corr_min", "worst slice", "{:.3f}"),
+    ("hallucination", "invented %", "{:.3f}"),
+    ("flicker", "flicker", "{:.4f}"),
+)
+
+
+def format_anatomy_table(results: dict, title: str) -> str:
+    """Per style and method: SSIM in the head, gradient correlation with the true anatomy (mean, worst slice),
+    invented edges (% of head pixels) and slice flicker."""
+    per_metric = {key: by_style(results, key) for key, _, _ in ANATOMY_COLUMNS}
+    styles = list(per_metric["ssim_mask"])
+    methods = list(results["methods"])
+    width = max(len(m) for m in methods) + 2
+    header = f"{title:<{width + 20}}" + "".join(f"{t:>13}" for _, t, _ in ANATOMY_COLUMNS)
+    lines = [header, "-" * len(header)]
+    for style in styles:
+        for method in methods:
+            row = f"{style:<20}{method:<{width}}"
+            for key, _, fmt in ANATOMY_COLUMNS:
+                value = per_metric[key][style][method] * (100.0 if key == "hallucination" else 1.0)
+                row += f"{fmt.format(value):>13}"
+            lines.append(row)
+    return "\n".join(lines)
+
+
 class HarmonizationEvaluation:
     """The harmonization evaluation run by the bundle's ``evaluate.json`` and ``sgad-med evaluate harmonizer``.
 
     Scores, in one run on the same held-out cases: no harmonization, histogram matching, Nyúl–Udupa (see
-    :func:`baseline_methods`) and the GAN.
+    :func:`baseline_methods`), the oracle rows (:func:`oracle_methods`, when the cases carry labels), the shipped
+    generator and any generators given for comparison (e.g. the old U-Net). Every method gets SSIM/PSNR/MAE and
+    the anatomy metrics; then the same on the stress styles (:func:`~sgad_med.evaluation.harmonization_stress.
+    stress_cases`), the cross-style consistency of each method, and the real scans (no truth: histogram distance
+    and the gradient correlation of output and input, per slice).
 
     Args:
         cases: from :func:`heldout_cases`.
@@ -777,6 +859,12 @@ class HarmonizationEvaluation:
         references: reference-style volumes of training anatomies (see :func:`reference_volumes`).
         output_dir: where ``harmonization_evaluation.json`` is written.
         real_scans: real scans with no truth, scored by :func:`evaluate_real_scans` (see :func:`default_real_scans`).
+        name: the shipped generator's row name.
+        comparison: more harmonizers to score beside it, by row name.
+        stress: the stress cases (``None``: none).
+        cross_style: groups from :func:`~sgad_med.evaluation.harmonization_stress.three_style_cases` (``None``:
+            no cross-style test).
+        oracle: add the oracle rows (cases without ``labels`` cannot have them).
     """
 
     def __init__(
@@ -786,26 +874,56 @@ class HarmonizationEvaluation:
         references: Sequence[np.ndarray],
         output_dir: str | os.PathLike,
         real_scans: Sequence[tuple[str, str, int | None]] = (),
+        name: str = "sgad-med GAN",
+        comparison: dict[str, Any] | None = None,
+        stress: Sequence[dict] | None = None,
+        cross_style: Sequence[Sequence[dict]] | None = None,
+        oracle: bool = True,
     ) -> None:
         self.cases, self.harmonizer, self.references = list(cases), harmonizer, list(references)
         self.real_scans = list(real_scans)
         self.output_dir = Path(output_dir)
+        self.name = name
+        self.comparison = dict(comparison or {})
+        self.stress = list(stress) if stress is not None else []
+        self.cross_style = list(cross_style) if cross_style is not None else []
+        self.oracle = oracle
         self.results: dict | None = None
 
-    def _gan(self, volume: np.ndarray) -> np.ndarray:
+    @staticmethod
+    def _runner(harmonizer: Any) -> Callable[[np.ndarray], np.ndarray]:
         import torch
 
-        return self.harmonizer.harmonize01(torch.as_tensor(np.asarray(volume, dtype=np.float32))).numpy()
+        def run(volume: np.ndarray) -> np.ndarray:
+            return harmonizer.harmonize01(torch.as_tensor(np.asarray(volume, dtype=np.float32))).numpy()
 
-    def methods(self) -> dict[str, Callable]:
-        """The methods compared, by name."""
-        return {**baseline_methods(self.references), "sgad-med GAN": self._gan}
+        return run
+
+    def _gan(self, volume: np.ndarray) -> np.ndarray:
+        return self._runner(self.harmonizer)(volume)
+
+    def generators(self) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+        """The networks compared, by row name: the shipped one first."""
+        return {self.name: self._gan, **{n: self._runner(h) for n, h in self.comparison.items()}}
+
+    def methods(self, cases: Sequence[dict] | None = None) -> dict[str, Callable]:
+        """The methods compared, by name (the oracle only when every case has labels)."""
+        cases = self.cases if cases is None else cases
+        methods = dict(baseline_methods(self.references))
+        if self.oracle and cases and all("labels" in c for c in cases):
+            methods.update(oracle_methods())
+        return {**methods, **self.generators()}
+
+    def _cross_style(self) -> dict[str, float]:
+        methods = {k: v for k, v in self.methods(self.cross_style[0]).items() if not k.startswith("oracle")}
+        return {name: cross_style_ssim(lambda case, m=method: _apply(m, case, case["source"]), self.cross_style)
+                for name, method in methods.items()}
 
     def run(self) -> dict:
-        """Evaluate, print the table, write the JSON; returns the results."""
+        """Evaluate, print the tables, write the JSON; returns the results."""
         from sgad_med import __version__
 
-        check_protocol_normalization(self.harmonizer)
+        check_protocol_normalization(self.harmonizer, *self.comparison.values())
         results = evaluate_harmonization(self.methods(), self.cases, progress=True)
         results["settings"] = {
             "cases": len(self.cases),
@@ -815,12 +933,48 @@ class HarmonizationEvaluation:
             "data": "held-out anatomies (HELDOUT_ANATOMY_SEEDS) in held-out styles; baselines fitted on "
             "reference-style training anatomies",
         }
-        results["real_scans"] = evaluate_real_scans(self._gan, self.real_scans, self.references)
+        if self.stress:
+            results["stress"] = evaluate_harmonization(self.methods(self.stress), self.stress, progress=True)
+        if self.cross_style:
+            results["cross_style_ssim"] = self._cross_style()
+        results["real_scans"] = {name: evaluate_real_scans(run, self.real_scans, self.references)
+                                 for name, run in self.generators().items()}
         self.results = results
         print(format_table(results))
-        if results["real_scans"]:
+        print()
+        print(format_anatomy_table(results, "held-out styles"))
+        if self.stress:
             print()
-            print(format_real_table(results["real_scans"]))
+            print(format_table(results["stress"]))
+            print()
+            print(format_anatomy_table(results["stress"], "stress styles"))
+        if self.cross_style:
+            print()
+            print(format_cross_style(results["cross_style_ssim"], len(self.cross_style)))
+        for name, rows in results["real_scans"].items():
+            if rows:
+                print()
+                print(f"{name}:")
+                print(format_real_table(rows))
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        (self.output_dir / "harmonization_evaluation.json").write_text(json.dumps(results, indent=2))
+        (self.output_dir / "harmonization_evaluation.json").write_text(json.dumps(_jsonable_tree(results), indent=2))
         return results
+
+
+def format_cross_style(values: dict[str, float], n_anatomies: int) -> str:
+    """The cross-style consistency table: SSIM in the head between outputs of one anatomy in three styles."""
+    lines = [f"{'same anatomy in t1/t2/flair held-out styles (' + str(n_anatomies) + ' anatomies)':<64}"
+             f"{'pairwise SSIM(mask)':>20}"]
+    lines.append("-" * len(lines[0]))
+    lines += [f"{name:<64}{value:>20.3f}" for name, value in values.items()]
+    return "\n".join(lines)
+
+
+def _jsonable_tree(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable_tree(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable_tree(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return _jsonable(value) if not isinstance(value, (int, float, str, bool)) else value

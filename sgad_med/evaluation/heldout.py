@@ -56,7 +56,8 @@ def heldout_pairs(
 
     Anatomy ``a`` is ``HELDOUT_ANATOMY_SEEDS[a]``; its styles have seeds ``a * styles_per_anatomy + s`` in the
     ``"heldout"`` split. Each item is :meth:`SyntheticStyleGenerator.pair`'s dict (``source``, ``target``,
-    ``anatomy_seed``, ``style_seed``, ``style``, ``style_params``, ``affine``, ...).
+    ``anatomy_seed``, ``style_seed``, ``style``, ``style_params``, ``affine``, ...) plus ``labels``, the
+    anatomy's hard tissue labels (for oracles).
 
     Raises:
         ValueError: ``n_anatomies`` outside the held-out seeds, or ``styles_per_anatomy`` below 1.
@@ -90,4 +91,7 @@ def synthetic_pairs(
                                         anatomy_cache=1)
     for a, anatomy_seed in enumerate(anatomy_seeds):
         for s in range(styles_per_anatomy):
-            yield generator.pair(int(anatomy_seed), style_seed=a * styles_per_anatomy + s, split=split)
+            pair = generator.pair(int(anatomy_seed), style_seed=a * styles_per_anatomy + s, split=split)
+            # the true tissue labels, for oracles that may know them (the anatomy is cached: no re-warp)
+            pair["labels"] = generator.anatomy(int(anatomy_seed)).labels()
+            yield pair

@@ -63,13 +63,16 @@ def _pydicom_file(name: str) -> str | None:
 def default_real_scans() -> list[tuple[str, str, int | None]]:
     """Real scans with no truth that ship with installed packages: (name, path, 4D volume index).
 
-    nibabel's example EPI (first volume) and the axial MR slices of pydicom's and pydicom-data's test files,
+    nibabel's example EPI (first volume), its ``anatomical.nii`` (a real T1 crop) and the axial MR slices of pydicom's and pydicom-data's test files,
     where installed. Sagittal single slices are left out: sgad-med works on axial slices.
     """
     found: list[tuple[str, str, int | None]] = []
     epi = _nibabel_epi()
     if epi is not None:
         found.append(("nibabel example4d EPI (vol 0)", str(epi), 0))
+        anatomical = epi.parent / "anatomical.nii"  # a real T1 crop, 33 x 41 x 25
+        if anatomical.exists():
+            found.append(("nibabel anatomical.nii (T1)", str(anatomical), None))
     for name in ("MR_small.dcm", "MR-SIEMENS-DICOM-WithOverlays.dcm"):
         path = _pydicom_file(name)
         if path is not None:

@@ -34,8 +34,9 @@ def tiny_training_overrides(bundle: Path, tmp_path: Path, **extra) -> dict:
 
 
 def tiny_harmonization_overrides(tmp_path: Path) -> dict:
-    return tiny_training_overrides(HARMONIZATION, tmp_path, features=[4, 4, 8, 8, 16, 4], disc_channels=4,
-                                   amp=False)
+    return tiny_training_overrides(HARMONIZATION, tmp_path, disc_channels=4, amp=False,
+                                   generator={"knots": 8, "grid": 4, "features": [4, 4, 8], "thumbnail": 16,
+                                              "filter_radius": 1})
 
 
 @pytest.fixture
@@ -58,7 +59,7 @@ def run_two_cpu_processes(configs: Path, overrides: dict, port: int) -> subproce
                "-m", "monai.bundle", "run", "--config_file",
                f"['{configs / 'train.json'}','{configs / 'multi_gpu_train.json'}']"]
     for key, value in overrides.items():
-        command += [f"--{key}", str(value).replace("'", '"') if isinstance(value, list) else str(value)]
+        command += [f"--{key}", str(value).replace("'", '"') if isinstance(value, (list, dict)) else str(value)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     if result.returncode != 0 and GLOO_TEARDOWN_ABORT in result.stderr:

@@ -32,7 +32,7 @@ def test_paired_training_runs_saves_the_best_generator_and_learns(tiny_harmoniza
     output = trainer.state.output
     assert np.isfinite(output["g_loss"]) and np.isfinite(output["d_loss"])
     weights = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
-    assert "unet.final_conv.weight" in weights
+    assert "grid_head.weight" in weights  # the edge-preserving generator (train.json's network_def)
     assert (tmp_path / "train_output" / "checkpoint_final.pt").exists()
 
 
@@ -84,13 +84,13 @@ def _learning_rates_by_iteration(overrides: dict, *layers: str) -> list[tuple[fl
     return rates
 
 
-def test_learning_rate_is_constant_by_default_and_decays_linearly_to_the_end_factor(tiny_harmonization):
+def test_learning_rate_decays_linearly_to_the_end_factor_and_is_constant_at_one(tiny_harmonization):
     tiny_harmonization["max_epochs"] = 2  # 4 iterations
-    constant = _learning_rates_by_iteration(dict(tiny_harmonization))
-    assert constant == [(2e-4, 2e-4)] * 4
+    constant = _learning_rates_by_iteration(dict(tiny_harmonization, lr_end_factor=1.0))
+    assert constant == [(5e-4, 5e-4)] * 4
 
-    decayed = _learning_rates_by_iteration(dict(tiny_harmonization, lr_end_factor=0.0))
-    expected = [2e-4 * (1 - step / 4) for step in range(1, 5)]  # per iteration, reaching 0 at the last one
+    decayed = _learning_rates_by_iteration(dict(tiny_harmonization))  # the default: linear decay to 0
+    expected = [5e-4 * (1 - step / 4) for step in range(1, 5)]  # per iteration, reaching 0 at the last one
     assert np.allclose([g for g, _ in decayed], expected, atol=1e-12)
     assert np.allclose([d for _, d in decayed], expected, atol=1e-12)
 
@@ -103,7 +103,7 @@ def test_unpaired_training_decays_the_learning_rate_too(tiny_harmonization, tmp_
         nib.save(nib.Nifti1Image(smooth_volume(shape=(24, 28, 10), seed=k), affine), str(site / f"s{k}.nii.gz"))
     overrides = dict(tiny_harmonization, source_dir=str(site), reference_dir=str(site), lr_end_factor=0.5)
     rates = _learning_rates_by_iteration(overrides, "train_unpaired.json")
-    assert rates and np.isclose(rates[-1][0], 1e-4) and np.isclose(rates[-1][1], 1e-4)
+    assert rates and np.isclose(rates[-1][0], 2.5e-4) and np.isclose(rates[-1][1], 2.5e-4)
     assert all(a[0] > b[0] for a, b in zip(rates, rates[1:]))
 
 
