@@ -222,11 +222,15 @@ class PipelineEvaluation:
         severity: artifact strength.
         slices_per_volume: corrupted slices per case.
         seed: seed of the draws.
+        real_anatomy: also run the pipeline on the real test scans of
+            :func:`~sgad_med.evaluation.real_anatomy.real_anatomy_scans` and report whether ``corrected`` keeps
+            their anatomy.
     """
 
     def __init__(self, cases: Sequence[dict] | Callable[[], Sequence[dict]], pipeline: Any,
                  output_dir: str | os.PathLike, kinds: Sequence[str] = DEFAULT_KINDS, severity: float = 0.5,
-                 slices_per_volume: int = 3, seed: int = 0) -> None:
+                 slices_per_volume: int = 3, seed: int = 0, real_anatomy: bool = False) -> None:
+        self.real_anatomy = bool(real_anatomy)
         self.cases, self.pipeline, self.output_dir = cases, pipeline, Path(output_dir)
         self.kinds, self.severity = list(kinds), float(severity)
         self.slices_per_volume, self.seed = int(slices_per_volume), int(seed)
@@ -239,8 +243,17 @@ class PipelineEvaluation:
         pipeline = self.pipeline if hasattr(self.pipeline, "detector") else self.pipeline()
         check_protocol_normalization(pipeline.detector)  # the pipeline has checked the others against it
         results = evaluate_pipeline(pipeline, cases, self.kinds, self.severity, self.slices_per_volume, seed=self.seed)
+        if self.real_anatomy:
+            from sgad_med.evaluation.real_anatomy import evaluate_real_anatomy
+
+            results["real_anatomy"] = evaluate_real_anatomy(pipeline)
         results["seconds"] = round(time.perf_counter() - started, 1)
         print(format_table(results))
+        if self.real_anatomy:
+            from sgad_med.evaluation.real_anatomy import format_real_anatomy
+
+            print()
+            print(format_real_anatomy(results["real_anatomy"]))
         self.output_dir.mkdir(parents=True, exist_ok=True)
         (self.output_dir / "pipeline_evaluation.json").write_text(json.dumps(results, indent=2))
         return results

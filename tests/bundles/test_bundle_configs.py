@@ -14,6 +14,8 @@ from tests.bundles.conftest import BUNDLES
 
 # layered configs run on top of train.json, as `--config_file "['train.json', '<layer>']"`
 TRAIN_LAYERS = {"multi_gpu_train.json", "train_unpaired.json"}
+# ... and on top of inference.json: the harmonization bundle's overlay selecting the previous U-Net generator
+INFERENCE_LAYERS = {"unet_generator.json"}
 WORKFLOW_TYPES = {"train.json": "train", "inference.json": "inference", "evaluate.json": "inference"}
 # experiment configs that are neither a training nor an inference workflow; each bundle's own tests run them
 EXPERIMENTS = {"leave_one_out.json"}
@@ -37,6 +39,8 @@ def test_config_builds_and_has_the_required_properties(bundle, name):
         if name == "multi_gpu_train.json":
             pytest.skip("needs a torch.distributed process group: run by the 2-process test instead")
         files, workflow_type = [str(configs / "train.json"), str(configs / name)], "train"
+    elif name in INFERENCE_LAYERS:  # initialize() loads the overlay's checkpoint into the overlay's network_def
+        files, workflow_type = [str(configs / "inference.json"), str(configs / name)], "inference"
     else:
         files, workflow_type = str(configs / name), WORKFLOW_TYPES[name]
     workflow = ConfigWorkflow(config_file=files, meta_file=str(configs / "metadata.json"),

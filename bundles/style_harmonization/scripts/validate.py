@@ -98,8 +98,11 @@ def main() -> None:
     if args.oracles:
         methods.update(oracle_methods(spacing, seed, mni_dir))
     for weights in args.weights:
-        network = config.get_parsed_content("network_def", lazy=False).eval()
-        network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        # evaluate.json defines both generators: the edge-preserving one (network_def) and the U-Net (unet_def)
+        definition = "unet_def" if any(key.startswith("unet.") for key in state) else "network_def"
+        network = config.get_parsed_content(definition, lazy=False).eval()
+        network.load_state_dict(state)
         harmonizer = Harmonizer(network, device="cpu", batch_size=config["batch_size"])
         methods[str(weights)] = lambda v, h=harmonizer: h.harmonize01(torch.as_tensor(v, dtype=torch.float32)).numpy()
     results = evaluate_harmonization(methods, cases, progress=True)
