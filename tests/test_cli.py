@@ -57,14 +57,19 @@ def test_train_and_evaluate_harmonizer_run_the_bundle_configs(tmp_path, capsys):
     assert code == 0 and (tmp_path / "models" / "model.pt").exists()
 
     (bundle / "models").mkdir()
-    torch.save(HarmonizationGenerator().state_dict(), bundle / "models" / "model.pt")
+    shutil.copy2(tmp_path / "models" / "model.pt", bundle / "models" / "model.pt")  # the tiny run's generator
+    torch.save(HarmonizationGenerator().state_dict(), bundle / "models" / "unet_model.pt")
     code = main(["evaluate", "harmonizer", "--bundle", str(bundle), "--out", str(tmp_path / "eval"),
                  "--set", "n_anatomies=1", "--set", "styles_per_anatomy=1", "--set", "spacing=8.0",
                  "--set", "reference_anatomies=$range(0, 1)", "--set", "real_scans=[]",
-                 "--set", f"dataset_dir={SAMPLE_DATA / 'mni'}"])
+                 "--set", "n_stress_anatomies=1", "--set", f"dataset_dir={SAMPLE_DATA / 'mni'}",
+                 *sum((["--set", s] for s in sets if s.startswith("generator=")), [])])
     assert code == 0
     results = json.loads((tmp_path / "eval" / "harmonization_evaluation.json").read_text())
-    assert set(results["methods"]) == {"none", "histogram matching", "nyul-udupa", "sgad-med GAN"}
+    assert set(results["methods"]) == {"none", "histogram matching", "nyul-udupa", "oracle: tissue LUT + bias",
+                                       "oracle: + guided filter", "edge-preserving GAN", "U-Net GAN (0.3.x)"}
+    assert set(results["cross_style_ssim"]) == set(results["methods"]) - {"oracle: tissue LUT + bias",
+                                                                          "oracle: + guided filter"}
     assert "SSIM(mask)" in capsys.readouterr().out
 
 

@@ -15,7 +15,7 @@ from torch import nn
 import sgad_med
 from sgad_med.bundles import BundleError, load_bundle_network
 from sgad_med.harmonizer import Harmonizer
-from sgad_med.networks import HarmonizationGenerator
+from sgad_med.networks import EdgePreservingGenerator, HarmonizationGenerator
 from tests.bundles.conftest import HARMONIZATION
 from tests.conftest import SAMPLE_DATA
 
@@ -41,8 +41,9 @@ def tmp_bundle(tmp_path):
     shutil.copytree(HARMONIZATION / "configs", bundle / "configs")
     (bundle / "models").mkdir()
     torch.manual_seed(0)
+    torch.save(EdgePreservingGenerator(context=1).state_dict(), bundle / "models" / "model.pt")
     torch.save(HarmonizationGenerator(context=1, features=(16, 16, 32, 64, 128, 16)).state_dict(),
-               bundle / "models" / "model.pt")
+               bundle / "models" / "unet_model.pt")
     return bundle
 
 
@@ -69,6 +70,16 @@ def test_from_bundle_loads_weights_onto_cpu(tmp_bundle):
     out = harmonizer(scan)
     assert out.shape == scan.shape and out.modality == "MR"
     assert torch.isfinite(out.image).all()
+
+
+def test_the_previous_unet_is_selected_by_the_overlay_config(tmp_bundle):
+    edge = Harmonizer.from_bundle(tmp_bundle, device="cpu")
+    unet = Harmonizer.from_bundle(tmp_bundle, device="cpu", overlays=["unet_generator.json"])
+    assert isinstance(edge.network, EdgePreservingGenerator) and isinstance(unet.network, HarmonizationGenerator)
+    saved = torch.load(tmp_bundle / "models" / "unet_model.pt", weights_only=True)
+    assert all(torch.equal(v, saved[k]) for k, v in unet.network.state_dict().items())
+    with pytest.raises(BundleError, match="no configs/missing.json"):
+        Harmonizer.from_bundle(tmp_bundle, device="cpu", overlays=["missing.json"])
 
 
 def test_missing_or_mismatched_weights_are_clear_errors(tmp_bundle):
