@@ -15,7 +15,7 @@ from sgad_med.bundles import resolve_device
 from sgad_med.errors import SGADError
 from sgad_med.io import Scan, load_scan
 from sgad_med.transforms.intensity import ScanNormalize, denormalize
-from sgad_med.transforms.scan_lut import apply_intensity_lut, fit_intensity_lut
+from sgad_med.transforms.scan_lut import apply_intensity_lut, fit_intensity_lut, slice_structure_agreement
 from sgad_med.transforms.slices import foreground_slices
 
 if TYPE_CHECKING:
@@ -50,6 +50,8 @@ class Result:
             ``[D]`` (see :class:`SGADPipeline`; ``None``: none).
         fallback_scope: ``"none"``, ``"slices"`` (the slices the harmonizer damaged) or ``"scan"`` (the harmonizer
             damaged most of the scan: every slice is the input).
+        structure: per slice, the gradient correlation of the harmonized slice with the table-mapped input (NaN
+            without tissue; ``None`` when not checked).
     """
 
     scan: Scan
@@ -66,6 +68,7 @@ class Result:
     settings: dict[str, Any] = field(default_factory=dict)
     fallback: np.ndarray | None = None
     fallback_scope: str = "none"
+    structure: np.ndarray | None = None
 
     @property
     def flagged_slices(self) -> list[int]:
@@ -111,7 +114,11 @@ class SGADPipeline:
     version is the input slice mapped through one lookup table per scan, fitted from the input to the harmonized
     intensities on the slices the check trusts (:mod:`sgad_med.transforms.scan_lut`), which keeps every edge of the
     input and adds none. When the harmonizer damaged more than ``scan_fallback_fraction`` of the slices with
-    anatomy, nothing of the harmonization is trusted: every corrected slice is the input itself. Both are recorded
+    anatomy, nothing of the harmonization is trusted: every corrected slice is the input itself. Besides the
+    detector's flags, the quality check compares each harmonized slice's edges with the table-mapped input's
+    (:func:`~sgad_med.transforms.scan_lut.slice_structure_agreement`): a scan-wide contrast change, inversions
+    included, is in the table and agrees; a structure drawn or erased in one place does not, and a slice below
+    ``min_structure`` takes the fallback as well (:attr:`Result.structure`). Both are recorded
     (:attr:`Result.fallback`, :attr:`Result.fallback_scope`; ``slices.csv`` and ``report.json``). ``harmonized``
     stays the generator's output, so that the damage can be seen.
 
@@ -132,6 +139,11 @@ class SGADPipeline:
             Under ``restore_policy="none"`` nothing is corrected, the fallback included.
         scan_fallback_fraction: share of the slices with anatomy damaged by harmonization above which the whole
             scan falls back to the input.
+        min_structure: a slice that arrived clean whose harmonized edges agree with those of the table-mapped input
+            by a gradient correlation below this is treated as damaged by harmonization too (see above). Off (0)
+            by default: the shipped generator's guided filter and spatially varying tables put the agreement of
+            correct slices of held-out synthetic scans at 0.5-0.95, so a strict gate (0.8) also rejects good
+            harmonizations (see the sgad_pipeline bundle's docs for both settings measured).
 
     Example::
 
@@ -154,6 +166,7 @@ class SGADPipeline:
         progress: bool = False,
         fallback: bool = True,
         scan_fallback_fraction: float = 0.5,
+        min_structure: float = 0.0,
     ) -> None:
         if restore_policy not in RESTORE_POLICIES:
             raise SGADError(None, f"unknown restore policy {restore_policy!r}", fix=f"use one of {RESTORE_POLICIES}")
@@ -170,6 +183,7 @@ class SGADPipeline:
         self.restore_policy = restore_policy
         self.fallback = bool(fallback)
         self.scan_fallback_fraction = float(scan_fallback_fraction)
+        self.min_structure = float(min_structure)
         self.device = None if device is None else resolve_device(device)
         for component in self._components():
             if self.device is not None and hasattr(component, "network"):
@@ -256,6 +270,7 @@ class SGADPipeline:
             "restore_policy": self.restore_policy,
             "fallback": self.fallback,
             "scan_fallback_fraction": self.scan_fallback_fraction,
+            "min_structure": self.min_structure,
             "device": str(self.device if self.device is not None else self.detector.device),
             "batch_size": {name: int(c.batch_size) for name, c in zip(("harmonizer", "detector", "restorer"),
                            (self.harmonizer, self.detector, self.restorer)) if c is not None},
@@ -299,11 +314,13 @@ class SGADPipeline:
         timings["detect"] = _lap(clock)
 
         clock = time.perf_counter()
-        fallback, scope = self._fallback_slices(input01, cause)
-        fallback01 = None
-        if scope == "slices":
-            table = fit_intensity_lut(input01, harmonized01, ~flagged & foreground_slices(input01))
-            fallback01 = apply_intensity_lut(input01[..., fallback], table)
+        structure = mapped01 = None
+        if self.harmonize and self.fallback and self.restore_policy == "flagged":
+            structure, mapped01 = self._structure_check(input01, harmonized01, flagged)
+            timings["structure_check"] = _lap(clock)
+        fallback, scope = self._fallback_slices(input01, cause, structure)
+        fallback01 = mapped01[..., fallback] if scope == "slices" else None
+        del mapped01
         timings["fallback"] = _lap(clock)
         del input01  # drop our reference: fewer whole volumes alive during restoration
 
@@ -351,11 +368,31 @@ class SGADPipeline:
             settings=settings,
             fallback=fallback,
             fallback_scope=scope,
+            structure=structure,
         )
 
-    def _fallback_slices(self, input01: torch.Tensor, cause: list[str]) -> tuple[np.ndarray, str]:
+    def _structure_check(self, input01: torch.Tensor, harmonized01: torch.Tensor, flagged: np.ndarray
+                         ) -> tuple[np.ndarray, torch.Tensor]:
+        """Per slice, how well the harmonized edges agree with the input mapped through the scan's lookup table
+        (fitted on the slices neither flagged nor disagreeing; see :mod:`sgad_med.transforms.scan_lut`), and that
+        mapped input (the fallback)."""
+        anatomy = foreground_slices(input01)
+        trusted = ~flagged & anatomy
+        table = fit_intensity_lut(input01, harmonized01, trusted)
+        structure = slice_structure_agreement(harmonized01, apply_intensity_lut(input01, table))
+        disagreeing = np.nan_to_num(structure, nan=1.0) < self.min_structure
+        if (trusted & disagreeing).any():  # fit again without the slices whose edges disagree
+            table = fit_intensity_lut(input01, harmonized01, trusted & ~disagreeing)
+            structure = slice_structure_agreement(harmonized01, apply_intensity_lut(input01, table))
+        return structure, apply_intensity_lut(input01, table)
+
+    def _fallback_slices(self, input01: torch.Tensor, cause: list[str], structure: np.ndarray | None
+                         ) -> tuple[np.ndarray, str]:
         """Which slices take the safe fallback, and its scope (see the class docstring)."""
         damaged = np.array([c == "harmonization" for c in cause], dtype=bool)
+        if structure is not None:  # edges no intensity mapping explains, on a slice that arrived clean
+            unflagged_input = np.array([c not in ("input", "both") for c in cause], dtype=bool)
+            damaged |= unflagged_input & (np.nan_to_num(structure, nan=1.0) < self.min_structure)
         if not (self.harmonize and self.fallback and self.restore_policy == "flagged" and damaged.any()):
             return np.zeros(len(cause), dtype=bool), "none"
         anatomy = foreground_slices(input01)

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from sgad_med.pipeline import Result
 
 #: Columns of ``slices.csv``, in order (the first four are the output contract).
-SLICE_COLUMNS = ("slice", "score", "flagged", "restored", "input_score", "harmonized_score", "cause", "fallback")
+SLICE_COLUMNS = ("slice", "score", "flagged", "restored", "input_score", "harmonized_score", "cause", "fallback", "structure")
 
 #: At most this many flagged slices get a figure each (the scores plot always covers every slice).
 MAX_SLICE_FIGURES = 24
@@ -80,6 +80,11 @@ def _versions() -> dict[str, str]:
     }
 
 
+def _structure(result: Result, k: int) -> float | None:
+    value = None if result.structure is None else float(result.structure[k])
+    return None if value is None or not np.isfinite(value) else round(value, 6)
+
+
 def slice_rows(result: Result) -> list[dict[str, Any]]:
     """One dict per slice with the :data:`SLICE_COLUMNS` (``harmonized_score`` ``None`` when skipped)."""
     rows = []
@@ -94,6 +99,7 @@ def slice_rows(result: Result) -> list[dict[str, Any]]:
                 "harmonized_score": None if result.harmonized_scores is None else _score(result.harmonized_scores[k]),
                 "cause": str(result.cause[k]) if k < len(result.cause) else "",
                 "fallback": int(result.fallback is not None and bool(result.fallback[k])),
+                "structure": _structure(result, k),
             }
         )
     return rows

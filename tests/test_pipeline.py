@@ -219,3 +219,25 @@ def test_a_slice_damaged_before_and_after_harmonization_has_cause_both(damaged_s
     pipeline = SGADPipeline(StubHarmonizer(damage=INPUT_DAMAGED), StubDetector(), StubRestorer(), device=None)
     result = pipeline(damaged_scan)
     assert result.flagged_slices == [INPUT_DAMAGED] and result.cause[INPUT_DAMAGED] == "both"
+
+
+def test_the_structure_check_catches_a_painted_slice_the_detector_missed(damaged_scan):
+    """Opt-in (min_structure): a structure no scan-wide intensity mapping explains sends the slice to the
+    fallback even when the detector scores it clean; off by default, the slice stays as harmonized."""
+
+    class Painter(StubHarmonizer):
+        def harmonize01(self, volume01):
+            out = volume01 * 0.9
+            out[5:12, 5:12, GAN_DAMAGED] = 0.95
+            return out
+
+    data = damaged_scan.image.numpy().copy()
+    data[..., INPUT_DAMAGED] = data[..., INPUT_DAMAGED - 1]
+    scan = damaged_scan.with_image(torch.as_tensor(data))
+    checked = SGADPipeline(Painter(), StubDetector(threshold=0.99), StubRestorer(), device=None, min_structure=0.8)
+    result = checked(scan)
+    assert not result.flagged.any() and result.fallback.tolist() == [k == GAN_DAMAGED for k in range(9)]
+    assert result.structure[GAN_DAMAGED] < 0.8 < np.nanmin(np.delete(result.structure, GAN_DAMAGED))
+    default = SGADPipeline(Painter(), StubDetector(threshold=0.99), StubRestorer(), device=None)(scan)
+    assert not default.fallback.any()
+    assert np.array_equal(default.corrected.image.numpy(), default.harmonized.image.numpy())

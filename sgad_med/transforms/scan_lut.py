@@ -5,6 +5,11 @@ harmonized neighbours may be damaged too) and must not keep it. It maps the *inp
 lookup table per scan fitted from the input to the harmonized intensities on the slices the check trusts. A
 lookup table acts on each voxel's own value, so the fallback keeps exactly the input's anatomy (every edge of
 it, and none other), in the scan's harmonized style as far as one table can carry it.
+
+The same table tells where the harmonizer did something no intensity mapping does: :func:`slice_structure_agreement`
+compares, slice by slice, the edges of the harmonized slice with those of the input mapped through the table. A
+contrast inversion the whole scan shares (T2 to T1) is in the table and agrees; a structure drawn or erased in one
+place is not.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["MIN_FIT_VOXELS", "fit_intensity_lut", "apply_intensity_lut"]
+__all__ = ["MIN_FIT_VOXELS", "fit_intensity_lut", "apply_intensity_lut", "slice_structure_agreement"]
 
 #: Fewest trusted foreground voxels a table is fitted on; with fewer, :func:`fit_intensity_lut` gives ``None``.
 MIN_FIT_VOXELS = 2000
@@ -60,3 +65,25 @@ def apply_intensity_lut(source01: torch.Tensor | np.ndarray, table: np.ndarray |
     values = source.numpy()
     mapped = np.interp(values, centres, table).astype(np.float32)
     return torch.from_numpy(np.where(values > foreground, np.clip(mapped, 0.0, 1.0), values).astype(np.float32))
+
+
+def slice_structure_agreement(volume01: torch.Tensor | np.ndarray, reference01: torch.Tensor | np.ndarray,
+                              foreground: float = 0.05, min_fraction: float = 0.05) -> np.ndarray:
+    """Per slice, the correlation of the Sobel gradient magnitudes of two volumes ``[H, W, D]`` where the reference
+    has tissue (dilated by 2 pixels); NaN for slices with less than ``min_fraction`` tissue."""
+    from sgad_med.engines.losses import gradient_magnitude
+
+    a = torch.as_tensor(volume01, dtype=torch.float32).permute(2, 0, 1)[:, None]
+    b = torch.as_tensor(reference01, dtype=torch.float32).permute(2, 0, 1)[:, None]
+    tissue = (b > foreground).float()
+    region = torch.nn.functional.max_pool2d(tissue, 5, stride=1, padding=2) > 0
+    ga, gb = gradient_magnitude(a), gradient_magnitude(b)
+    out = np.full(a.shape[0], np.nan, dtype=np.float64)
+    for k in range(a.shape[0]):
+        if float(tissue[k].mean()) < min_fraction:
+            continue
+        x, y = ga[k][region[k]].double(), gb[k][region[k]].double()
+        x, y = x - x.mean(), y - y.mean()
+        denominator = float(torch.sqrt((x * x).sum() * (y * y).sum()))
+        out[k] = float((x * y).sum()) / denominator if denominator > 0 else 1.0
+    return out
