@@ -1,4 +1,9 @@
-"""Per-slice anomaly scores of whole scans with a trained, calibrated :class:`~sgad_med.networks.SliceAnomalyNet`."""
+"""Per-slice anomaly scores of whole scans with a trained, calibrated detector network.
+
+The shipped detector is a :class:`~sgad_med.networks.SliceSequenceNet`: it reads the whole scan and gives each
+slice its own calibrated probability. Weights of the earlier :class:`~sgad_med.networks.SliceAnomalyNet` (2.5D
+stacks, novelty and neighbour evidence, scan reference) still load and score as they did.
+"""
 
 from __future__ import annotations
 
@@ -27,10 +32,11 @@ logger = logging.getLogger(__name__)
 class SliceAnomalyDetector(SliceNetworkRunner):
     """Scores every axial slice of a scan: the calibrated probability that it is anomalous.
 
-    The scan is normalized as in training, cut into 2.5D stacks ``batch_size`` slices at a time and scored by
-    the network's calibrated probability (classifier and novelty evidence, see
-    :class:`~sgad_med.networks.SliceAnomalyNet`). A slice is flagged when its probability reaches the threshold:
-    the one stored in the bundle (set for a 1 % false-positive rate on clean validation slices) unless
+    The scan is normalized as in training; with a :class:`~sgad_med.networks.SliceSequenceNet` its slices are
+    encoded ``batch_size`` at a time and the network along the slice axis gives every slice its calibrated
+    probability (with the earlier :class:`~sgad_med.networks.SliceAnomalyNet`, 2.5D stacks are scored by its
+    classifier and novelty evidence). A slice is flagged when its probability reaches the threshold: the one
+    stored with the weights (set for a target false-positive rate on clean calibration slices) unless
     ``threshold`` overrides it.
 
     Args:
@@ -114,9 +120,39 @@ class SliceAnomalyDetector(SliceNetworkRunner):
                                 device=self.device)
         return logit, novelty, shift, z
 
+    @property
+    def is_sequence(self) -> bool:
+        """Whether the network scores whole scans (:class:`~sgad_med.networks.SliceSequenceNet`)."""
+        return hasattr(self.network, "sequence_logits")
+
+    @torch.no_grad()
+    def sequence_logits01(self, volume01: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Uncalibrated logits ``[D]`` of every slice of a normalized volume ``[H, W, D]`` (sequence network).
+
+        The slices are encoded ``batch_size`` at a time; the network along the slice axis then sees the whole scan.
+        """
+        volume01 = torch.as_tensor(volume01, dtype=torch.float32)
+        if volume01.ndim != 3:
+            raise ValueError(f"the detector scores volumes [H, W, D], got shape {tuple(volume01.shape)}")
+        slices = volume01.permute(2, 0, 1)
+        depth = slices.shape[0]
+        features = []
+        for start in tqdm(range(0, depth, self.batch_size), desc="detecting", unit="batch", disable=not self.progress):
+            chosen = torch.arange(start, min(start + self.batch_size, depth))
+            batch = slices[chosen].to(self.device)
+            previous = slices[(chosen - 1).clamp_min(0)].to(self.device)  # the ends are their own outer neighbours
+            following = slices[(chosen + 1).clamp_max(depth - 1)].to(self.device)
+            with torch.autocast("cuda", enabled=self.device.type == "cuda"):
+                features.append(self.inferer(batch, self.network.encode, previous, following).float())
+        return self.network.sequence_logits(torch.cat(features)[None])[0].float().cpu()
+
     @torch.no_grad()
     def score01(self, volume01: torch.Tensor | np.ndarray, harmonized: bool = False) -> np.ndarray:
         """Probabilities ``[D]`` for a normalized volume ``[H, W, D]`` in [0, 1].
+
+        With a :class:`~sgad_med.networks.SliceSequenceNet` (the shipped detector) every slice is scored by the
+        network over the whole scan, as input or harmonized alike (it was trained and calibrated on both), and
+        none of the options below apply. With the earlier :class:`~sgad_med.networks.SliceAnomalyNet`:
 
         With :attr:`scan_relative`, a scan whose slices with anatomy look unusual *as a whole* is judged against
         its own median slice; with :attr:`neighbour_statistics`, the neighbour evidence joins in (see
@@ -130,6 +166,9 @@ class SliceAnomalyDetector(SliceNetworkRunner):
                 harmonized, ~9 as scanned), so the neighbour evidence is left out; the network, trained on
                 harmonized slices too, judges them alone.
         """
+        if self.is_sequence:
+            logits = self.sequence_logits01(volume01)
+            return self.network.calibrated_probability(logits).numpy().astype(np.float32)
         use_neighbours = self.neighbour_statistics and not harmonized and self.network.uses_neighbour_evidence
         evidence = self.slice_evidence01(volume01, scan_shift=self.scan_relative, neighbour=use_neighbours)
         return self.network.combine(*evidence).cpu().numpy().astype(np.float32)

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from sgad_med.pipeline import Result
 
 #: Columns of ``slices.csv``, in order (the first four are the output contract).
-SLICE_COLUMNS = ("slice", "score", "flagged", "restored", "input_score", "harmonized_score", "cause", "fallback", "structure")
+SLICE_COLUMNS = ("slice", "score", "flagged", "restored", "input_score", "harmonized_score", "cause", "fallback",
+                 "structure")
 
 #: At most this many flagged slices get a figure each (the scores plot always covers every slice).
 MAX_SLICE_FIGURES = 24

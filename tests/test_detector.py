@@ -125,3 +125,92 @@ def test_score_folder_writes_a_csv_per_scan_and_survives_a_bad_one(tmp_path):
     lines = (tmp_path / "out" / "scan_slice_scores.csv").read_text().splitlines()
     assert lines[0] == "slice,score,flagged" and len(lines) == 1 + 40
     assert [int(line.split(",")[0]) for line in lines[1:]] == list(range(40))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the slice-sequence detector (the shipped one)
+# --------------------------------------------------------------------------------------------------------------
+
+DETECTION_BUNDLE = SAMPLE_DATA.parent / "bundles" / "slice_anomaly_detection"
+
+
+def _sequence_detector(**kwargs) -> SliceAnomalyDetector:
+    from sgad_med.networks import SliceSequenceNet
+
+    torch.manual_seed(0)
+    net = SliceSequenceNet(channels=(4, 8), temporal_channels=8, dilations=(1, 2))
+    net.set_calibration(2.0, 0.5)
+    return SliceAnomalyDetector(net, device="cpu", batch_size=7, **kwargs)
+
+
+def test_the_sequence_detector_scores_one_calibrated_probability_per_slice():
+    scan = sgad_med.load_scan(SAMPLE_DATA / "synthetic_mr.nii.gz")
+    detector = _sequence_detector()
+    assert detector.is_sequence and not _detector().is_sequence
+    scores = detector.score(scan)
+    assert scores.shape == (scan.image.shape[-1],) and scores.dtype == np.float32
+    assert ((scores >= 0) & (scores <= 1)).all()
+    logits = detector.sequence_logits01(detector.normalize_scan(scan)[0])
+    np.testing.assert_allclose(scores, torch.sigmoid(logits / 2.0).numpy(), atol=1e-6)
+    np.testing.assert_array_equal(detector.flag(scan), scores >= 0.5)
+
+
+def test_the_sequence_detector_scores_do_not_depend_on_the_batch_size_or_the_harmonized_flag():
+    volume = torch.rand(40, 44, 11)
+    scores = _sequence_detector().score01(volume)
+    other = _sequence_detector()
+    other.batch_size = 3
+    np.testing.assert_allclose(other.score01(volume), scores, atol=1e-5)
+    np.testing.assert_allclose(other.score01(volume, harmonized=True), scores, atol=1e-5)
+    with pytest.raises(ValueError, match="volumes"):
+        other.score01(torch.rand(4, 4))
+
+
+def _damaged_in_scan_units(scan: sgad_med.Scan, slices: list[int], kind: str) -> sgad_med.Scan:
+    """The scan with ``slices`` damaged in its own units (as a scanner would), before any normalization."""
+    from sgad_med.transforms.artifacts import ARTIFACTS
+
+    image = scan.image.as_tensor().clone()
+    peak = float(image.max())
+    rng = np.random.default_rng(0)
+    for k in slices:
+        image[0, :, :, k] = torch.from_numpy(ARTIFACTS[kind]((image[0, :, :, k] / peak).numpy(), 0.6, rng)) * peak
+    return scan.with_image(image)
+
+
+SHIPPED = pytest.mark.skipif(not (DETECTION_BUNDLE / "models" / "model.pt").is_file(), reason="no shipped weights")
+
+
+@SHIPPED
+@pytest.mark.parametrize("kind", ["rician", "spike", "intensity_jump", "ghosting", "signal_loss", "saturation"])
+def test_damaging_a_few_slices_leaves_every_other_slices_score_alone(kind):
+    """Damage on four slices of a 2 mm scan, in the scan's units, moves the scan's normalization percentiles (the
+    high one by up to 10 %) and so the intensities of every slice: the other slices' scores must not follow."""
+    detector = SliceAnomalyDetector.from_bundle(DETECTION_BUNDLE, device="cpu")
+    scan = sgad_med.load_scan(SAMPLE_DATA / "synthetic_mr.nii.gz")
+    damaged_slices = [14, 15, 16, 30]
+    damaged = _damaged_in_scan_units(scan, damaged_slices, kind)
+    before, after = detector.score(scan), detector.score(damaged)
+    others = np.setdiff1d(np.arange(before.size), damaged_slices)
+    assert np.abs(after[others] - before[others]).max() <= 0.1
+    np.testing.assert_array_equal(after[others] >= detector.threshold, before[others] >= detector.threshold)
+    assert (after[damaged_slices] >= detector.threshold).all()
+
+
+@SHIPPED
+@pytest.mark.xfail(strict=True, reason="measured 2026-12-02 (detection 0.4.0): on the 1 mm MNI T1 the low percentile "
+                   "moves from 64 to 10-14 and slices 80-100 away change by up to 0.33 (slices 1, 54, 150-151, whose "
+                   "scores lie between 0.2 and 0.8); the shared normalization is not robust to a few damaged slices")
+@pytest.mark.parametrize("kind", ["rician", "spike"])
+def test_damage_that_moves_the_low_percentile_a_long_way_leaves_the_other_slices_alone(kind):
+    """The issue's case: damage over five slices of the clean MNI T1 lifts their air from 0, which moves the scan's
+    low normalization percentile from 64 to 10-14 (a shift of a fifth of the range for every slice)."""
+    detector = SliceAnomalyDetector.from_bundle(DETECTION_BUNDLE, device="cpu")
+    scan = sgad_med.load_scan(SAMPLE_DATA / "mni" / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz")
+    damaged_slices = [60, 61, 62, 63, 64]
+    damaged = _damaged_in_scan_units(scan, damaged_slices, kind)
+    params_before, params_after = detector.normalize_scan(scan)[1], detector.normalize_scan(damaged)[1]
+    assert params_before.lo - params_after.lo > 0.2 * (params_before.hi - params_before.lo)  # it moved a lot
+    before, after = detector.score(scan), detector.score(damaged)
+    others = np.setdiff1d(np.arange(before.size), damaged_slices)
+    assert np.abs(after[others] - before[others]).max() <= 0.1

@@ -38,6 +38,13 @@ def corrupt_stack(
     return out
 
 
+def check_kinds(kinds: Sequence[str]) -> None:
+    """Refuse an empty list of artifact kinds or names outside :data:`ARTIFACT_KINDS`."""
+    unknown = sorted(set(kinds) - set(ARTIFACT_KINDS))
+    if unknown or not kinds:
+        raise ValueError(f"kinds must be a non-empty subset of {ARTIFACT_KINDS}, got unknown {unknown}")
+
+
 class CorruptedSlices(SyntheticVolumeDataset):
     """Stacks of synthetic slices, the centre slice corrupted with probability ``corrupt_fraction``.
 
@@ -101,9 +108,7 @@ class CorruptedSlices(SyntheticVolumeDataset):
         cache: bool = True,
         normalizer: ScanNormalize | None = None,
     ) -> None:
-        unknown = sorted(set(kinds) - set(ARTIFACT_KINDS))
-        if unknown or not kinds:
-            raise ValueError(f"kinds must be a non-empty subset of {ARTIFACT_KINDS}, got unknown {unknown}")
+        check_kinds(kinds)
         super().__init__(anatomy_seeds, styles_per_anatomy, spacing, seed, mni_dir, normalizer)
         self.slices_per_volume = int(slices_per_volume)
         self.split = split
@@ -147,9 +152,7 @@ class CorruptedSlices(SyntheticVolumeDataset):
         Leave-one-type-out trains many detectors on the same slices; rendering them once saves most of the time.
         """
         other = copy.copy(self)
-        unknown = sorted(set(kinds) - set(ARTIFACT_KINDS))
-        if unknown or not kinds:
-            raise ValueError(f"kinds must be a non-empty subset of {ARTIFACT_KINDS}, got unknown {unknown}")
+        check_kinds(kinds)
         other.kinds = [str(k) for k in kinds]
         other._accesses = {}
         if seed is not None:

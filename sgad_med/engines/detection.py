@@ -354,6 +354,17 @@ def calibrate_scan_reference(
     }
 
 
+def save_calibrated(module: nn.Module, weights: str | os.PathLike, summary: dict, report: str | os.PathLike | None
+                    ) -> None:
+    """Write calibrated weights over ``weights`` and the calibration summary to ``report``, each atomically."""
+    with atomic_file(Path(weights), overwrite=True) as tmp:
+        torch.save(module.state_dict(), tmp)
+    if report is not None:
+        with atomic_file(Path(report), overwrite=True) as tmp:
+            Path(tmp).write_text(json.dumps(summary, indent=2) + "\n")
+    logger.info("calibrated %s: %s", weights, json.dumps(summary))
+
+
 def calibrate_bundle_weights(
     network: nn.Module,
     loader: Iterable[dict[str, torch.Tensor]],
@@ -403,10 +414,5 @@ def calibrate_bundle_weights(
                                                     neighbour_share=neighbour_share,
                                                     neighbour_gate_quantile=neighbour_gate_quantile)
         summary["threshold"] = summary["scans"]["threshold"]
-    with atomic_file(weights, overwrite=True) as tmp:
-        torch.save(module.state_dict(), tmp)
-    if report is not None:
-        with atomic_file(Path(report), overwrite=True) as tmp:
-            Path(tmp).write_text(json.dumps(summary, indent=2) + "\n")
-    logger.info("calibrated %s: %s", weights, json.dumps(summary))
+    save_calibrated(module, weights, summary, report)
     return summary

@@ -43,6 +43,7 @@ from scipy.stats import wasserstein_distance
 from skimage.exposure import match_histograms
 
 from sgad_med.evaluation.anatomy import anatomy_metrics, gradient_correlation
+from sgad_med.evaluation.harmonization_stress import cross_style_ssim
 from sgad_med.evaluation.heldout import check_protocol_normalization, heldout_pairs, normalize_mr, synthetic_pairs
 from sgad_med.evaluation.metrics import (
     PSNR_CAP_DB,
@@ -54,7 +55,6 @@ from sgad_med.evaluation.metrics import (
     ssim_map,
     wasserstein_histogram,
 )
-from sgad_med.evaluation.harmonization_stress import cross_style_ssim
 from sgad_med.evaluation.real_scans import default_real_scans
 
 __all__ = [

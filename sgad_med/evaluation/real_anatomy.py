@@ -2,11 +2,11 @@
 
 Real test images that ship with installed packages have no truth, but they have anatomy: whatever the pipeline
 writes as ``corrected`` must keep the input's edges. :func:`real_anatomy_scans` lists them (nibabel's real T1
-crop, EPI and functional images, MINC volumes converted to NIfTI (MINC2 only where h5py is installed), pydicom-data MRs);
-:func:`evaluate_real_anatomy` runs a pipeline on each and reports, per scan, how many slices were flagged and
-took the fallback, and the gradient correlation of the corrected volume with the input in every slice with
-tissue, on the pipeline's normalized scale (:func:`~sgad_med.evaluation.anatomy.gradient_correlation`; invariant to the change of contrast that
-harmonization is meant to make).
+crop, EPI and functional images, MINC volumes converted to NIfTI (MINC2 only where h5py is installed),
+pydicom-data MRs); :func:`evaluate_real_anatomy` runs a pipeline on each and reports, per scan, how many slices were
+flagged and took the fallback, and the gradient correlation of the corrected volume with the input in every slice
+with tissue, on the pipeline's normalized scale (:func:`~sgad_med.evaluation.anatomy.gradient_correlation`: blind
+to a change of scale; a change of contrast between tissues lowers it, an inversion most).
 """
 
 from __future__ import annotations

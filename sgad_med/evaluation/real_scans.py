@@ -63,8 +63,9 @@ def _pydicom_file(name: str) -> str | None:
 def default_real_scans() -> list[tuple[str, str, int | None]]:
     """Real scans with no truth that ship with installed packages: (name, path, 4D volume index).
 
-    nibabel's example EPI (first volume), its ``anatomical.nii`` (a real T1 crop) and the axial MR slices of pydicom's and pydicom-data's test files,
-    where installed. Sagittal single slices are left out: sgad-med works on axial slices.
+    nibabel's example EPI (first volume), its ``anatomical.nii`` (a real T1 crop) and the axial MR slices of
+    pydicom's and pydicom-data's test files, where installed. Sagittal single slices are left out: sgad-med works
+    on axial slices.
     """
     found: list[tuple[str, str, int | None]] = []
     epi = _nibabel_epi()

@@ -7,6 +7,7 @@ from sgad_med.networks.edge_preserving import EdgePreservingGenerator
 from sgad_med.networks.harmonizer import ConditionalPatchDiscriminator, HarmonizationGenerator
 from sgad_med.networks.residual_unet import ResidualSliceUNet
 from sgad_med.networks.restorer import SliceRestorationNet
+from sgad_med.networks.sequence_detector import SliceSequenceNet
 
 __all__ = [
     "ConditionalPatchDiscriminator",
@@ -15,4 +16,5 @@ __all__ = [
     "ResidualSliceUNet",
     "SliceAnomalyNet",
     "SliceRestorationNet",
+    "SliceSequenceNet",
 ]

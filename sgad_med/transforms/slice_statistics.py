@@ -26,6 +26,7 @@ __all__ = [
     "robust_neighbour_z",
     "classical_slice_scores",
     "texture_slice_scores",
+    "high_frequency_energy",
 ]
 
 #: The per-slice statistics of :func:`slice_features`, in column order.
@@ -198,3 +199,15 @@ def texture_slice_scores(volume01: np.ndarray) -> np.ndarray:
         float64 ``[D]`` scores >= 0.
     """
     return classical_slice_scores(volume01, features=TEXTURE_FEATURES)
+
+
+def high_frequency_energy(volume01: np.ndarray) -> np.ndarray:
+    """The high-frequency energy of every axial slice: the mean magnitude of its Laplacian, ``[D]`` float64.
+
+    Args:
+        volume01: ``[H, W, D]`` normalized intensities in [0, 1], slice axis last.
+    """
+    v = np.asarray(volume01, dtype=np.float64)
+    if v.ndim != 3:
+        raise ValueError(f"high_frequency_energy needs a volume [H, W, D], got shape {v.shape}")
+    return np.array([np.abs(ndimage.laplace(v[..., k], mode="reflect")).mean() for k in range(v.shape[-1])])

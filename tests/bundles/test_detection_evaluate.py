@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from sgad_med.networks.detector import SliceAnomalyNet
+from sgad_med.networks import SliceSequenceNet
 from tests.bundles.conftest import BUNDLES
 from tests.conftest import SAMPLE_DATA
 
 CONFIGS = BUNDLES / "slice_anomaly_detection" / "configs"
-TINY_NET = {"context": 1, "init_features": 4, "growth_rate": 4, "block_config": [1, 1]}
+TINY_NET = {"channels": [4, 8], "temporal_channels": 8, "dilations": [1, 2]}
 
 
 def tiny_detection_bundle(root: Path) -> Path:
@@ -28,10 +28,10 @@ def tiny_detection_bundle(root: Path) -> Path:
     shutil.copy2(CONFIGS / "evaluate.json", bundle / "configs" / "evaluate.json")
     shutil.copy2(BUNDLES / "style_harmonization" / "configs" / "logging.conf", bundle / "configs" / "logging.conf")
     inference = {"imports": ["$import sgad_med"], "bundle_root": ".",
-                 "network_def": {"_target_": "sgad_med.networks.SliceAnomalyNet", **TINY_NET}}
+                 "network_def": {"_target_": "sgad_med.networks.SliceSequenceNet", **TINY_NET}}
     (bundle / "configs" / "inference.json").write_text(json.dumps(inference, indent=2))
     torch.manual_seed(0)
-    net = SliceAnomalyNet(**TINY_NET)
+    net = SliceSequenceNet(**TINY_NET)
     torch.save({"model": net.state_dict()}, bundle / "models" / "model.pt")
     return bundle
 
@@ -40,8 +40,8 @@ def tiny_overrides(tmp_path: Path) -> dict:
     return {
         "n_anatomies": 1,
         "kinds": ["spike", "bias"],
-        "severities": [0.5],
-        "slices_per_volume": 2,
+        "densities": [0.25],
+        "layouts": ["contiguous"],
         "spacing": 8.0,
         "validation_anatomies": "$range(900, 901)",
         "dataset_dir": str(SAMPLE_DATA / "mni"),
@@ -53,10 +53,17 @@ def tiny_overrides(tmp_path: Path) -> dict:
 
 def _check_results(path: Path, harmonized: bool = True) -> None:
     results = json.loads(path.read_text())
-    assert results["kinds"] == ["spike", "bias"] and results["severities"] == ["0.5"]
-    assert set(results["per_kind"]["spike"]["0.5"]) >= {"detector", "baseline", "n_positive", "n_negative"}
+    heldout = results["heldout"]
+    assert heldout["kinds"] == ["spike", "bias"] and heldout["densities"] == [0.25]
+    assert heldout["methods"] == ["detector", "classical", "hf-neighbours", "trivial"]
+    names = [row["name"] for row in heldout["settings"]]
     # the shipped harmonizer was found and used, or switched off with use_harmonizer=false
-    assert (results["clean_harmonized"] is not None) == harmonized
+    assert names == (["clean", "clean harmonized"] if harmonized else ["clean"]) + ["contiguous 25%"]
+    row = heldout["settings"][-1]
+    assert set(row["detector"]) == {"isolated", "adjacent", "end", "sensitivity"} and row["n"]["adjacent"] > 0
+    assert set(heldout["per_kind"]["spike"]) >= {"detector", "classical", "hf-neighbours", "trivial", "n_positive"}
+    # the real volumes: nibabel's EPI and anatomical image (and pydicom-data's MR where installed)
+    assert any("anatomical" in name for name in results["real_scans"]["volumes"])
     assert results["settings"]["validation_anatomy_seeds"] == [900]
 
 
@@ -72,7 +79,7 @@ def test_evaluate_json_runs_through_monai_bundle_run(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, timeout=300,
                             env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "false-positive rate" in result.stdout
+    assert "false-positive rate by group of clean slices" in result.stdout
     _check_results(tmp_path / "eval_output" / "detection_evaluation.json")
 
 
@@ -88,4 +95,5 @@ def test_sgad_med_evaluate_detector_runs_the_bundle_with_set_overrides(tmp_path)
     assert main(arguments) == 0
     _check_results(Path(out) / "detection_evaluation.json", harmonized=False)
     results = json.loads((Path(out) / "detection_evaluation.json").read_text())
-    assert results["thresholds"]["detector"] == 0.25 and results["settings"]["detector_threshold"] == "override"
+    assert results["heldout"]["thresholds"]["detector"] == 0.25
+    assert results["settings"]["detector_threshold"] == "override"

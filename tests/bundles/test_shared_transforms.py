@@ -27,7 +27,8 @@ SHARED = "$sgad_med.bundles.shared_transform(@bundle_root, 'scan_normalization',
 # the classes that normalize scans and so must be handed the shared normalizer when a config builds them
 NORMALIZING = {"sgad_med.harmonizer.Harmonizer", "sgad_med.restorer.SliceRestorer",
                "sgad_med.detector.SliceAnomalyDetector", "sgad_med.data.slices.HarmonizationSlices",
-               "sgad_med.data.slices.ScanSlices", "sgad_med.data.corrupted.CorruptedSlices"}
+               "sgad_med.data.slices.ScanSlices", "sgad_med.data.corrupted.CorruptedSlices",
+               "sgad_med.data.slice_runs.SliceRunVolumes"}
 RUNNERS = {"style_harmonization": Harmonizer, "slice_anomaly_detection": SliceAnomalyDetector,
            "slice_restoration": SliceRestorer}
 

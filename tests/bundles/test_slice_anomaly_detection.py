@@ -14,13 +14,15 @@ from tests.conftest import SAMPLE_DATA
 
 DETECTION = BUNDLES / "slice_anomaly_detection"
 CONFIGS = DETECTION / "configs"
-TINY_NETWORK = {"init_features": 4, "growth_rate": 4, "block_config": [1, 1]}
+TINY_NETWORK = {"channels": [4, 8], "temporal_channels": 8, "dilations": [1, 2]}
+# the leave-one-type-out experiment still trains the earlier 2.5D network (SliceAnomalyNet)
+LEAVE_ONE_OUT_NETWORK = {"init_features": 4, "growth_rate": 4, "block_config": [1, 1]}
 
 
 def _tiny(tmp_path: Path) -> dict:
     return tiny_training_overrides(DETECTION, tmp_path, **TINY_NETWORK, val_anatomies="$range(900, 902)",
-                                   calibration_anatomies="$range(920, 923)", slices_per_volume=4,
-                                   harmonized_fraction=0.0)
+                                   calibration_anatomies="$range(920, 923)", calibration_styles=1,
+                                   harmonized_fraction=0.0, num_workers=0)
 
 
 def test_training_saves_calibrated_weights_the_api_loads(tmp_path):
@@ -31,12 +33,14 @@ def test_training_saves_calibrated_weights_the_api_loads(tmp_path):
     workflow.finalize()
     weights = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert bool(weights["calibrated"]) and 0.0 < float(weights["threshold"]) <= 1.0
+    assert float(weights["temperature"]) > 0.0
     summary = json.loads((tmp_path / "models" / "calibration.json").read_text())
-    assert summary["target_fpr"] == 0.01 and summary["n_clean"] > 0 and summary["n_corrupted"] > 0
+    assert summary["target_fpr"] == 0.01 and summary["n_scans"] == 3 and summary["n_damaged"] > 0
     assert abs(summary["threshold"] - float(weights["threshold"])) < 1e-6
-    # the threshold comes from whole clean calibration scans, scored with the scan reference as at inference
-    assert summary["scans"]["n_scans"] == 3 and summary["scans"]["threshold"] == summary["threshold"]
-    assert torch.isfinite(weights["scan_reference"]).all()
+    # the stored threshold is the strictest of the groups' thresholds
+    assert summary["threshold"] == max(summary["group_thresholds"].values())
+    history = json.loads((tmp_path / "train_output" / "history.json").read_text())
+    assert history["steps"] == 2 and history["validation"]  # one epoch of the two training anatomies
 
     # the API reads the bundle's inference.json network_def with these weights
     bundle = tmp_path / "bundle"
@@ -59,9 +63,9 @@ def test_multi_gpu_config_trains_and_calibrates_with_two_cpu_processes(tmp_path)
 
 def test_inference_config_scores_every_scan_of_a_folder(tmp_path):
     net_weights = tmp_path / "model.pt"
-    from sgad_med.networks import SliceAnomalyNet
+    from sgad_med.networks import SliceSequenceNet
 
-    torch.save(SliceAnomalyNet(context=1, high_pass=True, **TINY_NETWORK).state_dict(), net_weights)
+    torch.save(SliceSequenceNet(**TINY_NETWORK, neighbour_difference=True).state_dict(), net_weights)
     workflow = ConfigWorkflow(config_file=str(CONFIGS / "inference.json"), workflow_type="inference",
                               bundle_root=str(DETECTION), checkpoint=str(net_weights),
                               dataset_dir=str(SAMPLE_DATA), output_dir=str(tmp_path / "out"), **TINY_NETWORK)
@@ -72,9 +76,16 @@ def test_inference_config_scores_every_scan_of_a_folder(tmp_path):
     assert all(p.read_text().startswith("slice,score,flagged\n") for p in (tmp_path / "out").iterdir())
 
 
+def test_the_shipped_weights_are_a_calibrated_sequence_detector_of_a_few_megabytes():
+    detector = SliceAnomalyDetector.from_bundle(DETECTION, device="cpu")
+    assert detector.is_sequence and bool(detector.network.calibrated)
+    assert 0.0 < detector.threshold < 1.0
+    assert (DETECTION / "models" / "model.pt").stat().st_size < 5 * 2**20
+
+
 def test_leave_one_out_config_runs_each_fold(tmp_path):
     overrides = {
-        "bundle_root": str(DETECTION), "output_dir": str(tmp_path), "spacing": 8.0, **TINY_NETWORK,
+        "bundle_root": str(DETECTION), "output_dir": str(tmp_path), "spacing": 8.0, **LEAVE_ONE_OUT_NETWORK,
         "train_anatomies": "$range(0, 2)", "calibration_anatomies": "$range(920, 922)",
         "test_anatomies": "$range(10000, 10002)", "kinds": ["spike", "blob"], "max_epochs": 1,
     }
