@@ -141,7 +141,7 @@ class SGADPipeline:
             scan falls back to the input.
         min_structure: a slice that arrived clean whose harmonized edges agree with those of the table-mapped input
             by a gradient correlation below this is treated as damaged by harmonization too (see above). Off (0)
-            by default: the shipped generator's guided filter and spatially varying tables put the agreement of
+            (the check is not computed) by default: the shipped generator's guided filter and spatially varying tables put the agreement of
             correct slices of held-out synthetic scans at 0.5-0.95, so a strict gate (0.8) also rejects good
             harmonizations (see the sgad_pipeline bundle's docs for both settings measured).
 
@@ -315,10 +315,13 @@ class SGADPipeline:
 
         clock = time.perf_counter()
         structure = mapped01 = None
-        if self.harmonize and self.fallback and self.restore_policy == "flagged":
+        if self.harmonize and self.fallback and self.restore_policy == "flagged" and self.min_structure > 0:
             structure, mapped01 = self._structure_check(input01, harmonized01, flagged)
             timings["structure_check"] = _lap(clock)
         fallback, scope = self._fallback_slices(input01, cause, structure)
+        if scope == "slices" and mapped01 is None:
+            table = fit_intensity_lut(input01, harmonized01, ~flagged & foreground_slices(input01))
+            mapped01 = apply_intensity_lut(input01, table)
         fallback01 = mapped01[..., fallback] if scope == "slices" else None
         del mapped01
         timings["fallback"] = _lap(clock)

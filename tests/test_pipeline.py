@@ -241,3 +241,16 @@ def test_the_structure_check_catches_a_painted_slice_the_detector_missed(damaged
     default = SGADPipeline(Painter(), StubDetector(threshold=0.99), StubRestorer(), device=None)(scan)
     assert not default.fallback.any()
     assert np.array_equal(default.corrected.image.numpy(), default.harmonized.image.numpy())
+
+
+def test_the_structure_check_is_off_by_default_even_for_slices_whose_edges_anticorrelate(damaged_scan):
+    """Gradient correlations can be negative: 'off' (min_structure 0) must not mean 'below 0 falls back'."""
+
+    class Inverter(StubHarmonizer):
+        def harmonize01(self, volume01):
+            out = volume01 * 0.9
+            out[..., GAN_DAMAGED] = torch.flip(out[..., GAN_DAMAGED], dims=(0, 1))  # edges moved elsewhere
+            return out
+
+    result = SGADPipeline(Inverter(), StubDetector(threshold=0.99), StubRestorer(), device=None)(damaged_scan)
+    assert result.structure is None and not result.fallback.any() and result.fallback_scope == "none"
