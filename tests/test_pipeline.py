@@ -54,6 +54,27 @@ class StubRestorer:
         return out
 
 
+class Painter(StubHarmonizer):
+    """A harmonizer that paints a bright square of ``value`` into slice GAN_DAMAGED (a structure the input lacks)."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__(damage=None)
+        self.value = value
+
+    def harmonize01(self, volume01: torch.Tensor) -> torch.Tensor:
+        out = volume01 * 0.9
+        out[5:12, 5:12, GAN_DAMAGED] = self.value
+        return out
+
+
+@pytest.fixture
+def clean_scan(damaged_scan) -> sgad_med.Scan:
+    """The damaged scan with its damaged slice replaced by its neighbour: nothing arrived damaged."""
+    data = damaged_scan.image.numpy().copy()
+    data[..., INPUT_DAMAGED] = data[..., INPUT_DAMAGED - 1]
+    return damaged_scan.with_image(torch.as_tensor(data))
+
+
 @pytest.fixture
 def damaged_scan() -> sgad_med.Scan:
     """An MR-like scan whose slice INPUT_DAMAGED arrived saturated (all voxels far above the rest)."""
@@ -128,10 +149,9 @@ class WreckingHarmonizer(StubHarmonizer):
         return out
 
 
-def test_a_scan_the_harmonizer_wrecked_falls_back_to_the_input_bit_for_bit(damaged_scan):
-    data = damaged_scan.image.numpy().copy()
-    data[..., INPUT_DAMAGED] = data[..., INPUT_DAMAGED - 1]  # a clean scan this time
-    scan = damaged_scan.with_image(torch.as_tensor(data))
+def test_a_scan_the_harmonizer_wrecked_falls_back_to_the_input_bit_for_bit(clean_scan):
+    scan = clean_scan
+    data = scan.image.numpy()
     pipeline = SGADPipeline(WreckingHarmonizer(), StubDetector(), StubRestorer(), device=None)
     result = pipeline(scan)
     assert result.fallback_scope == "scan" and result.fallback.all() and not result.restored.any()
@@ -141,21 +161,11 @@ def test_a_scan_the_harmonizer_wrecked_falls_back_to_the_input_bit_for_bit(damag
     assert np.ptp(wrecked) < 1e-3 < np.ptp(data[..., 1:])  # harmonized.nii.gz still shows the damage
 
 
-def test_fallback_keeps_the_input_anatomy_where_the_harmonizer_invented_some(damaged_scan):
+def test_fallback_keeps_the_input_anatomy_where_the_harmonizer_invented_some(clean_scan):
     """A harmonizer paints a bright square into one slice: the corrected slice has the input's edges only."""
-
-    class Painter(StubHarmonizer):
-        def harmonize01(self, volume01):
-            out = volume01 * 0.9
-            out[5:12, 5:12, GAN_DAMAGED] = 1.0
-            return out
-
-    data = damaged_scan.image.numpy().copy()
-    data[..., INPUT_DAMAGED] = data[..., INPUT_DAMAGED - 1]
-    scan = damaged_scan.with_image(torch.as_tensor(data))
-    result = SGADPipeline(Painter(), StubDetector(threshold=0.08), StubRestorer(), device=None)(scan)
+    result = SGADPipeline(Painter(1.0), StubDetector(threshold=0.08), StubRestorer(), device=None)(clean_scan)
     assert result.cause[GAN_DAMAGED] == "harmonization" and result.fallback[GAN_DAMAGED]
-    corrected, original = result.corrected.image.numpy()[0], data[0]
+    corrected, original = result.corrected.image.numpy()[0], clean_scan.image.numpy()[0]
     gradient = [np.hypot(*np.gradient(v[..., GAN_DAMAGED])) for v in (corrected, original)]
     assert np.corrcoef(gradient[0].ravel(), gradient[1].ravel())[0, 1] > 0.99
 
@@ -221,24 +231,15 @@ def test_a_slice_damaged_before_and_after_harmonization_has_cause_both(damaged_s
     assert result.flagged_slices == [INPUT_DAMAGED] and result.cause[INPUT_DAMAGED] == "both"
 
 
-def test_the_structure_check_catches_a_painted_slice_the_detector_missed(damaged_scan):
+def test_the_structure_check_catches_a_painted_slice_the_detector_missed(clean_scan):
     """Opt-in (min_structure): a structure no scan-wide intensity mapping explains sends the slice to the
     fallback even when the detector scores it clean; off by default, the slice stays as harmonized."""
-
-    class Painter(StubHarmonizer):
-        def harmonize01(self, volume01):
-            out = volume01 * 0.9
-            out[5:12, 5:12, GAN_DAMAGED] = 0.95
-            return out
-
-    data = damaged_scan.image.numpy().copy()
-    data[..., INPUT_DAMAGED] = data[..., INPUT_DAMAGED - 1]
-    scan = damaged_scan.with_image(torch.as_tensor(data))
-    checked = SGADPipeline(Painter(), StubDetector(threshold=0.99), StubRestorer(), device=None, min_structure=0.8)
+    scan = clean_scan
+    checked = SGADPipeline(Painter(0.95), StubDetector(threshold=0.99), StubRestorer(), device=None, min_structure=0.8)
     result = checked(scan)
     assert not result.flagged.any() and result.fallback.tolist() == [k == GAN_DAMAGED for k in range(9)]
     assert result.structure[GAN_DAMAGED] < 0.8 < np.nanmin(np.delete(result.structure, GAN_DAMAGED))
-    default = SGADPipeline(Painter(), StubDetector(threshold=0.99), StubRestorer(), device=None)(scan)
+    default = SGADPipeline(Painter(0.95), StubDetector(threshold=0.99), StubRestorer(), device=None)(scan)
     assert not default.fallback.any()
     assert np.array_equal(default.corrected.image.numpy(), default.harmonized.image.numpy())
 
