@@ -140,10 +140,10 @@ class SGADPipeline:
         scan_fallback_fraction: share of the slices with anatomy damaged by harmonization above which the whole
             scan falls back to the input.
         min_structure: a slice that arrived clean whose harmonized edges agree with those of the table-mapped input
-            by a gradient correlation below this is treated as damaged by harmonization too (see above). Off (0)
-            (the check is not computed) by default: the shipped generator's guided filter and spatially varying tables put the agreement of
-            correct slices of held-out synthetic scans at 0.5-0.95, so a strict gate (0.8) also rejects good
-            harmonizations (see the sgad_pipeline bundle's docs for both settings measured).
+            by a gradient correlation below this is treated as damaged by harmonization too (see above). Off (0:
+            the check is not computed) by default: the shipped generator's guided filter and spatially varying
+            tables put the agreement of correct slices of held-out synthetic scans at 0.5-0.95, so a strict gate
+            (0.8) also rejects good harmonizations (see the sgad_pipeline bundle's docs for both settings measured).
 
     Example::
 
@@ -314,16 +314,16 @@ class SGADPipeline:
         timings["detect"] = _lap(clock)
 
         clock = time.perf_counter()
-        structure = mapped01 = None
-        if self.harmonize and self.fallback and self.restore_policy == "flagged" and self.min_structure > 0:
-            structure, mapped01 = self._structure_check(input01, harmonized01, flagged)
+        structure = table = None
+        if self._fallback_on and self.min_structure > 0:
+            structure, table = self._structure_check(input01, harmonized01, flagged)
             timings["structure_check"] = _lap(clock)
         fallback, scope = self._fallback_slices(input01, cause, structure)
-        if scope == "slices" and mapped01 is None:
-            table = fit_intensity_lut(input01, harmonized01, ~flagged & foreground_slices(input01))
-            mapped01 = apply_intensity_lut(input01, table)
-        fallback01 = mapped01[..., fallback] if scope == "slices" else None
-        del mapped01
+        fallback01 = None
+        if scope == "slices":
+            if table is None:
+                table = fit_intensity_lut(input01, harmonized01, ~flagged & foreground_slices(input01))
+            fallback01 = apply_intensity_lut(input01[..., fallback], table)
         timings["fallback"] = _lap(clock)
         del input01  # drop our reference: fewer whole volumes alive during restoration
 
@@ -374,11 +374,16 @@ class SGADPipeline:
             structure=structure,
         )
 
+    @property
+    def _fallback_on(self) -> bool:
+        """Whether the safe fallback can apply: harmonizing, correcting, and not turned off."""
+        return self.harmonize and self.fallback and self.restore_policy == "flagged"
+
     def _structure_check(self, input01: torch.Tensor, harmonized01: torch.Tensor, flagged: np.ndarray
-                         ) -> tuple[np.ndarray, torch.Tensor]:
-        """Per slice, how well the harmonized edges agree with the input mapped through the scan's lookup table
-        (fitted on the slices neither flagged nor disagreeing; see :mod:`sgad_med.transforms.scan_lut`), and that
-        mapped input (the fallback)."""
+                         ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Per slice, how well the harmonized edges agree with the input mapped through the scan's lookup table,
+        and that table (fitted on the slices neither flagged nor disagreeing; see :mod:`sgad_med.transforms.scan_lut`).
+        """
         anatomy = foreground_slices(input01)
         trusted = ~flagged & anatomy
         table = fit_intensity_lut(input01, harmonized01, trusted)
@@ -387,7 +392,7 @@ class SGADPipeline:
         if (trusted & disagreeing).any():  # fit again without the slices whose edges disagree
             table = fit_intensity_lut(input01, harmonized01, trusted & ~disagreeing)
             structure = slice_structure_agreement(harmonized01, apply_intensity_lut(input01, table))
-        return structure, apply_intensity_lut(input01, table)
+        return structure, table
 
     def _fallback_slices(self, input01: torch.Tensor, cause: list[str], structure: np.ndarray | None
                          ) -> tuple[np.ndarray, str]:
@@ -396,7 +401,7 @@ class SGADPipeline:
         if structure is not None:  # edges no intensity mapping explains, on a slice that arrived clean
             unflagged_input = np.array([c not in ("input", "both") for c in cause], dtype=bool)
             damaged |= unflagged_input & (np.nan_to_num(structure, nan=1.0) < self.min_structure)
-        if not (self.harmonize and self.fallback and self.restore_policy == "flagged" and damaged.any()):
+        if not (self._fallback_on and damaged.any()):
             return np.zeros(len(cause), dtype=bool), "none"
         anatomy = foreground_slices(input01)
         if anatomy.any() and damaged[anatomy].mean() > self.scan_fallback_fraction:
