@@ -71,16 +71,14 @@ def tissue_lut(corrected: np.ndarray, target: np.ndarray, labels: np.ndarray, ma
     Each label's table holds the mean of ``target`` in each of ``bins`` intensity bins of ``corrected`` (fitted
     inside ``mask``, plus the background label everywhere); empty bins are interpolated from the filled ones.
     """
+    from sgad_med.transforms.scan_lut import bin_mean_table
+
     centres = (np.arange(bins) + 0.5) / bins
-    index = np.clip((corrected * bins).astype(np.int64), 0, bins - 1)
     out = np.empty(corrected.shape, dtype=np.float32)
     for label in np.unique(labels):
         voxels = labels == label
         fit = voxels & mask if (voxels & mask).sum() > bins else voxels
-        sums = np.bincount(index[fit], weights=target[fit], minlength=bins)
-        counts = np.bincount(index[fit], minlength=bins)
-        filled = counts > 0
-        table = np.interp(centres, centres[filled], sums[filled] / counts[filled]) if filled.any() else centres
+        table = bin_mean_table(corrected[fit], target[fit], bins)
         out[voxels] = np.interp(corrected[voxels], centres, table)
     return out
 

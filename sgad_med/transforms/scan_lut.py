@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["MIN_FIT_VOXELS", "fit_intensity_lut", "apply_intensity_lut", "slice_structure_agreement"]
+__all__ = ["MIN_FIT_VOXELS", "bin_mean_table", "fit_intensity_lut", "apply_intensity_lut", "slice_structure_agreement"]
 
 #: Fewest trusted foreground voxels a table is fitted on; with fewer, :func:`fit_intensity_lut` gives ``None``.
 MIN_FIT_VOXELS = 2000
@@ -43,12 +43,19 @@ def fit_intensity_lut(source01: torch.Tensor | np.ndarray, target01: torch.Tenso
     use = source > foreground
     if use.sum() < MIN_FIT_VOXELS:
         return None
-    index = np.clip((source[use] * bins).astype(np.int64), 0, bins - 1)
-    sums = np.bincount(index, weights=target[use], minlength=bins)
+    return bin_mean_table(source[use], target[use], bins)
+
+
+def bin_mean_table(source: np.ndarray, target: np.ndarray, bins: int) -> np.ndarray:
+    """The least-squares piecewise-constant table from ``source`` to ``target`` values (both 1D, source in [0, 1]):
+    the mean target in each of ``bins`` equal bins, at the bin centres; empty bins interpolated from the filled
+    ones (the identity when none is filled)."""
+    index = np.clip((source * bins).astype(np.int64), 0, bins - 1)
+    sums = np.bincount(index, weights=target, minlength=bins)
     counts = np.bincount(index, minlength=bins)
     centres = (np.arange(bins) + 0.5) / bins
     filled = counts > 0
-    return np.interp(centres, centres[filled], sums[filled] / counts[filled])
+    return np.interp(centres, centres[filled], sums[filled] / counts[filled]) if filled.any() else centres
 
 
 def apply_intensity_lut(source01: torch.Tensor | np.ndarray, table: np.ndarray | None,
