@@ -320,12 +320,17 @@ class BatchRunner:
             # Without harmonization the "harmonized" volume is the input itself: the contract promises the file.
             save_scan(result.harmonized if result.harmonized is not None else scan, tmp / "harmonized.nii.gz")
             save_scan(result.corrected, tmp / "corrected.nii.gz")
-            if self.format in ("dicom", "both") and scan.dicom_headers:
-                self._write_dicom(scan, result, tmp / "dicom")
+            dicom = None
+            if self.format in ("dicom", "both"):
+                dicom = self._write_dicom(scan, result, tmp / "dicom") if scan.dicom_headers else {
+                    "derived_series": None, "key_object": None,
+                    "note": "no DICOM written: the input is not DICOM, so there is no DICOM study to derive a series "
+                            "from (the NIfTI outputs are written)"}
             result.timings["write"] = time.perf_counter() - started
             inputs = [str(p) for p in source.paths]
             with self._report_lock:
-                write_scan_outputs(tmp, result, inputs, {**self.settings, **result.settings, "format": self.format})
+                write_scan_outputs(tmp, result, inputs, {**self.settings, **result.settings, "format": self.format},
+                                   dicom=dicom)
             if not (tmp / FINISHED_MARKER).is_file():
                 raise SGADError(tmp, f"the report writer did not write {FINISHED_MARKER}")
             self._publish(tmp, self.scan_dir(scan_id))
@@ -335,13 +340,23 @@ class BatchRunner:
         entry["dir"] = scan_id
         entry.update(_counts(result), seconds=round(sum(v for k, v in result.timings.items() if k != "total"), 3))
         entry["timings"] = {k: round(v, 3) for k, v in result.timings.items()}
+        if dicom is not None and dicom.get("note"):
+            entry["dicom_note"] = dicom["note"]
         return entry
 
-    def _write_dicom(self, scan: Scan, result: Result, folder: Path) -> None:
+    def _write_dicom(self, scan: Scan, result: Result, folder: Path) -> dict[str, Any]:
+        """Write the derived series and the Key Object Selection; say what was written and, if not, why."""
         from sgad_med.io.key_object import write_key_object
 
-        files = save_scan(result.corrected, folder, format="dicom", description="sgad-med corrected")
-        write_key_object(scan, result, folder / "KO00001.dcm", derived_files=files)
+        files = save_scan(result.corrected, folder, format="dicom", description="corrected")
+        key_object = write_key_object(scan, result, folder / "KO00001.dcm", derived_files=files)
+        written = {"derived_series": f"{folder.name}/", "files": len(files), "key_object": None, "note": None}
+        if key_object is None:  # a Key Object Selection must reference at least one image
+            written["note"] = ("no Key Object Selection written: no slice was flagged, and a Key Object Selection "
+                               "must reference at least one image")
+        else:
+            written["key_object"] = f"{folder.name}/{key_object.name}"
+        return written
 
     def _publish(self, tmp: Path, target: Path) -> None:
         """Rename the finished temporary folder to ``target``, replacing an old one (``--overwrite``)."""
@@ -499,6 +514,29 @@ def summary_table(entries: Sequence[dict[str, Any]]) -> str:
         lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
         if entry["error"] and entry["status"] == "failed":
             lines.append(f"    failed: {entry['error']}")
-    counts = {status: sum(e["status"] == status for e in entries) for status in ("ok", "failed", "skipped")}
-    lines.append(f"\n{len(entries)} scans: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped")
+    lines.append("\n" + counts_line(entries))
     return "\n".join(lines)
+
+
+def counts_line(entries: Sequence[dict[str, Any]]) -> str:
+    """``N scans: a ok, b failed, c skipped``: the last line of the summary, and all ``--quiet`` prints."""
+    counts = {status: sum(e["status"] == status for e in entries) for status in ("ok", "failed", "skipped")}
+    return f"{len(entries)} scans: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped"
+
+
+def failure_lines(entries: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per failed scan with its error: printed even with ``--quiet``, which hides only the table."""
+    return [f"failed: {e['scan_id'] or '-'}: {e['error']}" for e in entries if e["status"] == "failed"]
+
+
+def note_lines(entries: Sequence[dict[str, Any]]) -> list[str]:
+    """What was asked for but not written, grouped by reason (``--format dicom`` on NIfTI, no Key Object)."""
+    by_note: dict[str, list[str]] = {}
+    for entry in entries:
+        if entry.get("dicom_note"):
+            by_note.setdefault(entry["dicom_note"], []).append(str(entry["scan_id"]))
+    lines = []
+    for note, ids in by_note.items():
+        named = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
+        lines.append(f"note: {len(ids)} scan{'s' if len(ids) > 1 else ''} ({named}): {note}")
+    return lines

@@ -161,7 +161,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Harmonize, detect and restore every scan in the inputs; write the outputs of DESIGN.md's contract."""
     import torch
 
-    from sgad_med.batch import BatchRunner, dist_env, rank_device, summary_table
+    from sgad_med.batch import (
+        BatchRunner,
+        counts_line,
+        dist_env,
+        failure_lines,
+        note_lines,
+        rank_device,
+        summary_table,
+    )
     from sgad_med.pipeline import SGADPipeline
 
     rank, world_size, _ = dist_env()
@@ -194,10 +202,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     if rank == 0:
-        if args.quiet:
-            print(summary_table(entries).rsplit("\n", 1)[-1])
+        if args.quiet:  # no table, but never silent about a failure
+            for line in failure_lines(entries):
+                print(line, file=sys.stderr)
+            print(counts_line(entries))
         else:
             print(summary_table(entries))
+        for line in note_lines(entries):
+            print(line, file=sys.stderr)
         print(f"outputs in {args.out} (manifest.json, report.html)")
     return runner.exit_code
 

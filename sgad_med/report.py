@@ -157,15 +157,21 @@ def _slice_figure(result: Result, k: int, window: tuple[float, float], path: Pat
 
     before = _display_slice(result.scan, k, window)
     after = _display_slice(result.corrected, k, window)
+    harmonized = None if result.harmonized is None else _display_slice(result.harmonized, k, window)
     panels: list[tuple[str, np.ndarray | None]] = [
         ("input", before),
-        ("harmonized", None if result.harmonized is None else _display_slice(result.harmonized, k, window)),
+        ("harmonized", harmonized),
         (_corrected_title(result, k), after),
     ]
-    difference = np.abs(after - before)
-    fig = Figure(figsize=(12, 3.4), dpi=80)
+    # what the restoration (or fallback) changed, then what the whole chain changed; one colour scale for both
+    differences = [
+        ("|corrected - harmonized|", np.abs(after - (before if harmonized is None else harmonized))),
+        ("|corrected - input|", np.abs(after - before)),
+    ]
+    top = max(max(float(d.max()) for _, d in differences), 1e-3)
+    fig = Figure(figsize=(15, 3.4), dpi=80)
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 4)
+    axes = fig.subplots(1, 5)
     aspect = _aspect(result.scan)
     for ax, (title, image) in zip(axes[:3], panels):
         if image is None:
@@ -174,17 +180,11 @@ def _slice_figure(result: Result, k: int, window: tuple[float, float], path: Pat
             ax.imshow(image, cmap="gray", vmin=0.0, vmax=1.0, aspect=aspect, interpolation="nearest")
         ax.set_title(title)
         ax.set_axis_off()
-    shown = axes[3].imshow(
-        difference,
-        cmap="magma",
-        vmin=0.0,
-        vmax=max(float(difference.max()), 1e-3),
-        aspect=aspect,
-        interpolation="nearest",
-    )
-    axes[3].set_title("|restored - input|")
-    axes[3].set_axis_off()
-    fig.colorbar(shown, ax=axes[3], fraction=0.046, pad=0.04)
+    for ax, (title, difference) in zip(axes[3:], differences):
+        shown = ax.imshow(difference, cmap="magma", vmin=0.0, vmax=top, aspect=aspect, interpolation="nearest")
+        ax.set_title(title)
+        ax.set_axis_off()
+    fig.colorbar(shown, ax=axes[4], fraction=0.046, pad=0.04)
     cause = result.cause[k] if k < len(result.cause) else ""
     fig.suptitle(
         f"{result.scan.scan_id} slice {k}: score {float(result.scores[k]):.3f}"
@@ -201,10 +201,12 @@ def _scores_figure(result: Result, path: Path) -> None:
     fig = Figure(figsize=(9, 3), dpi=80)
     FigureCanvasAgg(fig)
     ax = fig.subplots()
-    ax.plot(slices, result.input_scores, ls="--", lw=1, color="tab:blue", label="input")
+    # a line through one point draws nothing: short scans (a single image, a few slices) get markers
+    marker = {"marker": "o", "markersize": 5} if len(slices) <= 16 else {}
+    ax.plot(slices, result.input_scores, ls="--", lw=1, color="tab:blue", label="input", **marker)
     if result.harmonized_scores is not None:
-        ax.plot(slices, result.harmonized_scores, ls=":", lw=1, color="tab:orange", label="harmonized")
-    ax.plot(slices, result.scores, lw=1.5, color="black", label="score")
+        ax.plot(slices, result.harmonized_scores, ls=":", lw=1, color="tab:orange", label="harmonized", **marker)
+    ax.plot(slices, result.scores, lw=1.5, color="black", label="score", **marker)
     flagged = np.flatnonzero(np.asarray(result.flagged))
     if len(flagged):
         ax.scatter(flagged, np.asarray(result.scores)[flagged], color="red", zorder=3, s=16, label="flagged")
@@ -218,7 +220,9 @@ def _scores_figure(result: Result, path: Path) -> None:
     fig.savefig(path, format="png", bbox_inches="tight")
 
 
-def write_scan_outputs(scan_dir: Path, result: Result, inputs: list[str], settings: dict) -> list[Path]:
+def write_scan_outputs(
+    scan_dir: Path, result: Result, inputs: list[str], settings: dict, dicom: dict[str, Any] | None = None
+) -> list[Path]:
     """Write ``slices.csv``, the figures and ``report.json`` of one scan into ``scan_dir``.
 
     ``report.json`` is written last: its presence marks the folder complete.
@@ -228,6 +232,8 @@ def write_scan_outputs(scan_dir: Path, result: Result, inputs: list[str], settin
         result: the pipeline's result for the scan.
         inputs: the input paths the scan was read from, as text.
         settings: the options of the run, recorded in ``report.json`` (made JSON-safe).
+        dicom: what was written as DICOM and, for what was not, why (``report.json``'s ``"dicom"``); ``None``
+            when no DICOM output was asked for.
 
     Returns:
         The files written: ``slices.csv``, the figures, then ``report.json``.
@@ -274,6 +280,7 @@ def write_scan_outputs(scan_dir: Path, result: Result, inputs: list[str], settin
             "fallback": sum(r["fallback"] for r in rows),
         },
         "harmonization_fallback": result.fallback_scope,
+        "dicom": dicom,
         "figures": {
             "scores": f"{FIGURES_DIR}/{SCORES_FIGURE}",
             "slices": {str(k): f"{FIGURES_DIR}/{slice_figure_name(k)}" for k in drawn},

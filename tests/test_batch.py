@@ -12,6 +12,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 import torch
 from pydicom.data import get_testdata_file
@@ -119,6 +120,52 @@ def test_dicom_input_with_format_both_gets_a_derived_series_and_key_object(tmp_p
     dicom = sorted(p.name for p in (out / scan_id / "dicom").iterdir())
     assert len(dicom) == 2 and all(name.endswith(".dcm") for name in dicom)
     assert all((out / scan_id / name).is_file() for name in SCAN_FILES)
+
+
+def test_dicom_outputs_say_why_something_was_not_written(tmp_path, bundles, capsys):
+    inputs = _inputs(tmp_path / "in", corrupt=False, dicom=True)
+    out = tmp_path / "out"
+    # nothing flagged (threshold 1): the derived series is written, the Key Object Selection cannot be
+    assert _run(inputs / "ct.dcm", out, bundles, "--format", "dicom", "--threshold", "1") == 0
+    (scan_id,) = _manifest(out)
+    assert [p.name for p in (out / scan_id / "dicom").iterdir()] == ["IM00001.dcm"]
+    dicom = json.loads((out / scan_id / "report.json").read_text())["dicom"]
+    assert dicom["key_object"] is None and dicom["derived_series"] == "dicom/" and dicom["files"] == 1
+    assert "no slice was flagged" in dicom["note"] and "Key Object Selection" in dicom["note"]
+    assert "no slice was flagged" in _manifest(out)[scan_id]["dicom_note"]
+    assert "no Key Object Selection written" in capsys.readouterr().err
+    derived = pydicom.dcmread(out / scan_id / "dicom" / "IM00001.dcm")
+    assert str(derived.SeriesDescription).count("sgad-med") == 1, derived.SeriesDescription
+
+    # NIfTI input: no DICOM study to derive from, said in report.json, the manifest and on the console
+    out = tmp_path / "out-nifti"
+    assert _run(inputs / "scan0.nii.gz", out, bundles, "--format", "dicom") == 0
+    assert not (out / "scan0" / "dicom").exists()
+    dicom = json.loads((out / "scan0" / "report.json").read_text())["dicom"]
+    assert dicom["derived_series"] is None and "input is not DICOM" in dicom["note"]
+    assert "input is not DICOM" in capsys.readouterr().err
+
+
+def test_quiet_still_says_why_a_scan_failed(tmp_path, bundles, capsys):
+    inputs = _inputs(tmp_path / "in")
+    assert _run(inputs, tmp_path / "out", bundles) == 1
+    printed = capsys.readouterr()
+    assert "failed: bad: " in printed.err and "bad.nii.gz" in printed.err
+    assert "4 scans: 3 ok, 1 failed, 0 skipped" in printed.out
+
+
+def test_outputs_respect_the_umask(tmp_path, bundles):
+    inputs = _inputs(tmp_path / "in", corrupt=False)
+    old = os.umask(0o027)
+    try:
+        assert _run(inputs / "scan0.nii.gz", tmp_path / "out", bundles) == 0
+    finally:
+        os.umask(old)
+    out = tmp_path / "out"
+    for path in [out / "manifest.json", out / "report.html", *(out / "scan0").rglob("*")]:
+        mode = path.stat().st_mode & 0o777
+        assert mode == (0o750 if path.is_dir() else 0o640), (path, oct(mode))
+    assert (out / "scan0").stat().st_mode & 0o777 == 0o750
 
 
 def test_outputs_inside_an_input_folder_are_not_taken_as_inputs(tmp_path, bundles):

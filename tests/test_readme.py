@@ -70,3 +70,9 @@ def test_readme_api_script_is_short_and_runs(tmp_path):
     corrected = nib.load(tmp_path / "results" / "synthetic_mr_corrected.nii.gz")
     assert corrected.shape == nib.load(REPO / "sample_data" / "synthetic_mr.nii.gz").shape
     shutil.rmtree(tmp_path / "results")
+
+
+def test_readme_installs_the_cpu_build_of_torch():
+    """From PyPI, ``pip install torch`` on Linux is a CUDA build of several GB: both commands name the CPU index."""
+    for command in _bash_blocks((REPO / "README.md").read_text())[:2]:
+        assert "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in command

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import html
 import json
 import re
@@ -16,6 +17,7 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
+import sgad_med.report as report_module
 from sgad_med.io import Scan
 from sgad_med.pipeline import Result
 from sgad_med.report import SLICE_COLUMNS, write_run_report, write_scan_outputs
@@ -306,3 +308,28 @@ def test_run_report_quotes_links_to_folders_with_odd_names(tmp_path):
     assert 'src="scan%20%231/figures/scores.png"' in text
     for src in re.findall(r'<img src="([^"]+)"', text):
         assert (out / unquote(html.unescape(src))).is_file()
+
+
+def _scores_png(tmp_path: Path, score: float) -> bytes:
+    one = np.array([score])
+    # one slice, nothing flagged (threshold above the score): only the curves can tell the two figures apart
+    result = dataclasses.replace(
+        make_result(), input_scores=one, harmonized_scores=one, scores=one, flagged=np.array([False]), threshold=0.99
+    )
+    path = tmp_path / f"scores-{score}.png"
+    report_module._scores_figure(result, path)
+    return path.read_bytes()
+
+
+def test_scores_figure_of_a_one_slice_scan_shows_its_score(tmp_path):
+    # a line through one point draws nothing; with markers the score's height shows in the picture
+    assert _scores_png(tmp_path, 0.1) != _scores_png(tmp_path, 0.9)
+
+
+def test_slice_figure_shows_what_restoration_changed_beside_what_the_chain_changed(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    titles = []
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: titles.append([ax.get_title() for ax in fig.axes]))
+    report_module._slice_figure(make_result(), 2, (0.0, 1000.0), tmp_path / "x.png")
+    assert titles[0][:5] == ["input", "harmonized", "restored", "|corrected - harmonized|", "|corrected - input|"]

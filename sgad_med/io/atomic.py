@@ -12,6 +12,20 @@ from pathlib import Path
 from sgad_med.errors import ScanWriteError
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (``os.umask`` must set one to read it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _check_target(target: Path, overwrite: bool) -> None:
     if target.exists() and not overwrite:
         raise ScanWriteError(target, "already exists", fix="pass overwrite=True to replace it")
@@ -30,6 +44,7 @@ def atomic_file(target: str | os.PathLike, overwrite: bool = False) -> Iterator[
     fd, tmp_name = tempfile.mkstemp(prefix=f".tmp-{target.name}.", suffix="".join(target.suffixes), dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; the output gets what any new file would
     try:
         yield tmp
         os.replace(tmp, target)
@@ -49,6 +64,7 @@ def atomic_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[P
     _check_target(target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}.", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; the output gets what any new folder would
     old: Path | None = None
     try:
         yield tmp

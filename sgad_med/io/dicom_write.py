@@ -46,10 +46,72 @@ def _stored_range(ds: pydicom.Dataset) -> tuple[int, int, np.dtype]:
 
 
 def _to_stored(values: np.ndarray, ds: pydicom.Dataset, slope: float, intercept: float) -> np.ndarray:
-    """Values in the scan's units -> stored pixel values of ``ds``'s representation (rounded, clipped)."""
+    """Values in the scan's units -> stored pixel values of ``ds``'s representation (rounded).
+
+    The representation must hold them (:func:`_fit_representation` sees to it); clipping here is only a guard
+    against rounding at the very ends of the range.
+    """
     low, high, dtype = _stored_range(ds)
     stored = np.rint((values - intercept) / (slope or 1.0))
     return np.clip(stored, low, high).astype(dtype)
+
+
+def _stored_extent(values: np.ndarray, slope: float, intercept: float) -> tuple[float, float]:
+    stored = np.rint((values - intercept) / (slope or 1.0))
+    return float(stored.min()), float(stored.max())
+
+
+def _new_rescale(values: np.ndarray) -> tuple[float, float]:
+    """Slope and intercept that put ``values`` into 0..65535 (unsigned 16 bits), rounded to what DS can hold."""
+    low, high = float(values.min()), float(values.max())
+    intercept = float(f"{low:.8g}")
+    slope = float(f"{((high - intercept) / 65535.0 or 1.0):.8g}")
+    while np.rint((high - intercept) / slope) > 65535:  # rounding the slope down can push the top out
+        slope = float(f"{slope * (1 + 1e-7):.8g}")
+    return slope, intercept
+
+
+def _fit_representation(
+    ds: pydicom.Dataset, slices: list[np.ndarray], rescales: list[tuple[float, float]], one_rescale: bool = False
+) -> tuple[list[tuple[float, float]], bool]:
+    """Choose the stored representation of ``ds`` so that every slice's values survive, and return the rescales.
+
+    Processing can move values outside what the source's bits and RescaleSlope/Intercept can store (a
+    brighter scan, a negative offset): storing them in the source's representation would clip them. The
+    source's representation is kept when it holds every value (the common case, bit-compatible with the
+    source). Otherwise the pixels become 16 bits, signed when needed, with the source's slopes (the same
+    quantization step); only when even that cannot hold them does each slice get a new slope and intercept.
+    Every value then reads back within half a quantization step.
+
+    Args:
+        ds: the header to write (modified: BitsAllocated, BitsStored, HighBit, PixelRepresentation).
+        slices: the values of each slice (or frame) in the scan's units.
+        rescales: the source's (slope, intercept) of each slice.
+        one_rescale: the file can hold only one rescale for all slices (a classic multi-frame image).
+
+    Returns:
+        The (slope, intercept) to store each slice with, and whether the representation changed.
+    """
+    extents = [_stored_extent(values, *rescale) for values, rescale in zip(slices, rescales)]
+    low, high, _ = _stored_range(ds)
+    if all(low <= lo and hi <= high for lo, hi in extents):
+        return rescales, False
+    lowest, highest = min(lo for lo, _ in extents), max(hi for _, hi in extents)
+    if lowest >= 0 and highest <= 65535:
+        signed = False
+    elif lowest >= -32768 and highest <= 32767:
+        signed = True
+    else:
+        signed = False
+        if one_rescale:
+            rescales = [_new_rescale(np.concatenate([values.ravel() for values in slices]))] * len(slices)
+        else:
+            rescales = [_new_rescale(values) for values in slices]
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, int(signed)
+    for keyword in ("PixelPaddingValue", "PixelPaddingRangeLimit"):  # stored values of the old representation
+        if keyword in ds:
+            delattr(ds, keyword)
+    return rescales, True
 
 
 def _mark_derived(ds: pydicom.Dataset, series_uid: str, description: str, series_number: int) -> None:
@@ -62,9 +124,10 @@ def _mark_derived(ds: pydicom.Dataset, series_uid: str, description: str, series
         ds.ImageType = ["DERIVED", "SECONDARY", *source_type[2:]]
     ds.SeriesInstanceUID = series_uid
     ds.SeriesNumber = series_number
-    mark = f"[sgad-med {description}]"
+    mark = f"[{description}]" if description.startswith("sgad-med") else f"[sgad-med {description}]"
     old = str(ds.get("SeriesDescription", "")).strip()
-    ds.SeriesDescription = ((f"{old} " if old else "")[: max(64 - len(mark), 0)] + mark)[:64]  # LO: 64 chars
+    room = 64 - len(mark) - 1  # LO holds 64 characters: the source's description is cut, never the mark
+    ds.SeriesDescription = (f"{old[:room].rstrip()} {mark}" if old and room > 0 else mark)[:64]
     ds.DerivationDescription = f"{description} by sgad-med {_version()} from series {source_series}"
     for keyword in ("SmallestImagePixelValue", "LargestImagePixelValue"):
         if keyword in ds:  # no longer true of the new pixels
@@ -88,6 +151,32 @@ def _fresh_copy(source: pydicom.Dataset) -> pydicom.Dataset:
     return fresh
 
 
+def _copy_representation(chosen: pydicom.Dataset, ds: pydicom.Dataset, slope: float, intercept: float) -> None:
+    """Give ``ds`` the pixel representation chosen for the series and its slice's rescale."""
+    for keyword in ("BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation"):
+        setattr(ds, keyword, chosen.get(keyword))
+    for keyword in ("PixelPaddingValue", "PixelPaddingRangeLimit"):  # stored values of the old representation
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.RescaleSlope, ds.RescaleIntercept = f"{slope:.8g}", f"{intercept:.8g}"
+
+
+def _set_frame_rescales(ds: pydicom.Dataset, rescales: list[tuple[float, float]]) -> None:
+    """Write one rescale per frame into the per-frame functional groups (enhanced multi-frame images)."""
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    for (slope, intercept), item in zip(rescales, per_frame or []):
+        transform = pydicom.Dataset()
+        transform.RescaleSlope, transform.RescaleIntercept = f"{slope:.8g}", f"{intercept:.8g}"
+        transform.RescaleType = "US"
+        item.PixelValueTransformationSequence = Sequence([transform])
+    if shared and "PixelValueTransformationSequence" in shared[0]:
+        del shared[0].PixelValueTransformationSequence  # the per-frame items now say it
+    if not per_frame:  # a classic multi-frame: one rescale for every frame, at the top level
+        slope, intercept = rescales[0]
+        ds.RescaleSlope, ds.RescaleIntercept = f"{slope:.8g}", f"{intercept:.8g}"
+
+
 def _finish(ds: pydicom.Dataset, sop_uid: str, pixels: np.ndarray) -> None:
     ds.SOPInstanceUID = sop_uid
     ds.PixelData = pixels.tobytes()
@@ -106,7 +195,9 @@ def write_derived_series(
     """Write ``scan`` as a DERIVED\\SECONDARY series beside its DICOM source.
 
     Study and patient tags are copied from the source headers; the series and every instance get new UIDs;
-    pixels keep the source's representation (bits, sign, RescaleSlope/Intercept), rounded and clipped to it.
+    pixels keep the source's representation (bits, sign, RescaleSlope/Intercept) when it holds every value;
+    otherwise they become 16 bits, signed if needed, and get a new rescale only if that is not enough, so that
+    no value is clipped: every voxel reads back within half a quantization step.
 
     Args:
         scan: a scan read from DICOM (``scan.dicom_headers`` set) and processed, same geometry as read.
@@ -128,9 +219,16 @@ def write_derived_series(
         if len(headers) == 1 and int(headers[0].get("NumberOfFrames", 1) or 1) > 1:
             ds = _fresh_copy(headers[0])
             order = scan.image.meta.get("sgad_frame_order", list(range(int(ds.NumberOfFrames))))
+            # voxels are in anatomical order; frames go back to the file's order
+            values = [voxels[:, :, order.index(frame)].T for frame in range(len(order))]
+            source_rescales = [frame_rescale(ds, frame) for frame in range(len(order))]
+            per_frame = "PerFrameFunctionalGroupsSequence" in ds
+            rescales, _ = _fit_representation(ds, values, source_rescales, one_rescale=not per_frame)
+            if rescales != source_rescales:
+                _set_frame_rescales(ds, rescales)
             frames = np.empty((len(order), int(ds.Rows), int(ds.Columns)), dtype=_stored_range(ds)[2])
-            for k, frame in enumerate(order):  # voxels are in anatomical order; frames go back to the file's order
-                frames[frame] = _to_stored(voxels[:, :, k].T, ds, *frame_rescale(ds, frame))
+            for frame in range(len(order)):
+                frames[frame] = _to_stored(values[frame], ds, *rescales[frame])
             _mark_derived(ds, series_uid, description, series_number)
             _finish(ds, generate_uid(), frames)
             written.append(tmp / "IM00001.dcm")
@@ -138,10 +236,18 @@ def write_derived_series(
         else:
             if voxels.shape[2] != len(headers):
                 raise ScanWriteError(folder, f"scan has {voxels.shape[2]} slices but its source had {len(headers)}")
+            values = [voxels[:, :, k].T for k in range(len(headers))]
+            source_rescales = [
+                (float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)) for ds in headers
+            ]
+            # one representation for the whole series, chosen on a copy of the first header
+            representation = _fresh_copy(headers[0])
+            rescales, changed = _fit_representation(representation, values, source_rescales)
             for k, source in enumerate(headers):
                 ds = _fresh_copy(source)
-                slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
-                pixels = _to_stored(voxels[:, :, k].T, ds, slope, intercept)
+                if changed:
+                    _copy_representation(representation, ds, *rescales[k])
+                pixels = _to_stored(values[k], ds, *rescales[k])
                 source_ref = pydicom.Dataset()
                 source_ref.ReferencedSOPClassUID = source.SOPClassUID
                 source_ref.ReferencedSOPInstanceUID = source.SOPInstanceUID

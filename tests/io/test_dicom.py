@@ -152,6 +152,60 @@ def test_derived_series_round_trip_and_dciodvfy(tmp_path, source):
     assert not new_errors, new_errors
 
 
+@pytest.mark.parametrize(
+    "source,change",
+    [
+        ("CT_small.dcm", "brighter"),  # the README's image * 1.1: beyond the source's stored maximum
+        ("MR_small.dcm", "offset"),  # image - 100: below the unsigned source's zero
+        ("series-MR", "wide"),  # a range no 16-bit integer holds at the source's slope
+        ("enhanced", "offset"),
+        ("enhanced", "wide"),
+    ],
+)
+def test_derived_series_holds_values_beyond_the_source_range(tmp_path, source, change):
+    if source == "series-MR":
+        write_new_series(smooth_volume(low=0, high=1000), oblique_affine(), tmp_path / "src", modality="MR")
+        source_path = tmp_path / "src"
+    elif source == "enhanced":
+        files = write_new_series(smooth_volume(), oblique_affine(), tmp_path / "series", modality="MR")
+        source_path = write_enhanced_mr(files, tmp_path / "enhanced.dcm")
+    else:
+        source_path = tmp_path / source
+        shutil.copy2(get_testdata_file(source), source_path)
+    scan = sgad_med.load_scan(source_path)
+    image = scan.image
+    processed = scan.with_image({"brighter": image * 1.1, "offset": image - 100.0, "wide": image * 200.0 - 1e5}[change])
+    written = write_derived_series(processed, tmp_path / "derived")
+    back = sgad_med.load_scan(tmp_path / "derived")
+    step = max(float(pydicom.dcmread(p).get("RescaleSlope", 1) or 1) for p in written)
+    if source == "enhanced":
+        ds = pydicom.dcmread(written[0])
+        step = max(
+            float(item.PixelValueTransformationSequence[0].RescaleSlope) for item in ds.PerFrameFunctionalGroupsSequence
+        )
+    error = np.abs(back.image.numpy() - processed.image.numpy()).max()
+    assert error <= 0.5 * step + 1e-3 * max(1.0, step), (error, step)
+    if change != "wide":  # a shift or a 10 % gain needs no coarser quantization than the source's
+        assert step <= (scan.quantization_step or 1.0) * 1.001
+    new_errors = dciodvfy_errors(written[0]) - dciodvfy_errors(
+        source_path if source_path.is_file() else next(source_path.iterdir())
+    )
+    assert not new_errors, new_errors
+
+
+@pytest.mark.parametrize("old", ["", "T1 axial", "A" * 60 + " 1", "B" * 64])
+def test_derived_series_description_keeps_the_mark_whole(tmp_path, old):
+    files = write_new_series(smooth_volume(), oblique_affine(), tmp_path / "src", series_description=old)
+    scan = sgad_med.load_scan(tmp_path / "src")
+    written = write_derived_series(scan, tmp_path / "derived", description="corrected")
+    description = str(pydicom.dcmread(written[0]).SeriesDescription)
+    assert len(description) <= 64
+    assert description.endswith(" [sgad-med corrected]") or description == "[sgad-med corrected]"
+    assert description.count("sgad-med") == 1
+    kept = description.removesuffix("[sgad-med corrected]").rstrip()
+    assert str(pydicom.dcmread(files[0]).SeriesDescription).startswith(kept)
+
+
 def test_new_series_passes_dciodvfy(tmp_path):
     for modality in ("CT", "MR"):
         files = write_new_series(smooth_volume(), oblique_affine(), tmp_path / modality, modality=modality)
@@ -182,8 +236,11 @@ def test_enhanced_ct_from_pydicom_data_reads_in_hu():
     assert scan.modality == "CT"
     assert scan.shape[2] == int(ds.NumberOfFrames)
     assert float(scan.image.min()) >= -1024.0  # air in HU, so the per-frame rescale was applied
-    np.testing.assert_allclose(scan.spacing[:2], [float(v) for v in ds.SharedFunctionalGroupsSequence[0]
-                                                  .PixelMeasuresSequence[0].PixelSpacing][::-1], rtol=1e-5)
+    np.testing.assert_allclose(
+        scan.spacing[:2],
+        [float(v) for v in ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing][::-1],
+        rtol=1e-5,
+    )
 
 
 def test_multiframe_without_geometry_reads_with_identity_directions(caplog):
