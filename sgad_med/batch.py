@@ -35,9 +35,11 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from sgad_med.errors import SGADError
+from sgad_med.errors import SGADError, UnsupportedScanError
 from sgad_med.io import Scan, ScanSource, discover_scans, load_scan, save_scan
 from sgad_med.io.atomic import atomic_file
+from sgad_med.io.domain import ON_UNSUPPORTED, unsupported_reason
+from sgad_med.io.slice_axis import choose_slice_axis
 from sgad_med.pipeline import Result, SGADPipeline
 
 FORMATS = ("nifti", "dicom", "both")
@@ -117,9 +119,14 @@ class BatchRunner:
         settings: dict[str, Any] | None = None,
         rank: int | None = None,
         world_size: int | None = None,
+        on_unsupported: str = "skip",
     ) -> None:
         if format not in FORMATS:
             raise SGADError(None, f"unknown output format {format!r}", fix=f"use one of {', '.join(FORMATS)}")
+        if on_unsupported not in ON_UNSUPPORTED:
+            raise SGADError(None, f"unknown --on-unsupported {on_unsupported!r}",
+                            fix=f"use one of {', '.join(ON_UNSUPPORTED)}")
+        self.on_unsupported = on_unsupported
         env_rank, env_world, _ = dist_env()
         self.rank = env_rank if rank is None else int(rank)
         self.world_size = env_world if world_size is None else int(world_size)
@@ -249,8 +256,21 @@ class BatchRunner:
                 started = time.perf_counter()
                 try:
                     scan, load_seconds = loading.result() if loading is not None else _load(source)
+                    unsupported = unsupported_reason(scan, choose_slice_axis(scan, self.pipeline.slice_axis).index)
+                    if unsupported is not None and self.on_unsupported == "skip":
+                        entries[source.scan_id] = _unsupported_entry(source, unsupported)
+                        bar.update()
+                        continue
                     result = self.pipeline(scan)
                     result.timings["load"] = load_seconds
+                    if unsupported is not None:  # --on-unsupported warn: processed, and said so everywhere
+                        tqdm.write(f"warning: {source.scan_id}: {unsupported}; processed anyway "
+                                   "(--on-unsupported warn)", file=sys.stderr)
+                        result.settings["unsupported"] = unsupported
+                except UnsupportedScanError as err:  # readable, but not a scan the networks handle
+                    entries[source.scan_id] = _unsupported_entry(source, err.problem, str(err))
+                    bar.update()
+                    continue
                 except Exception as err:  # one scan failing never stops the batch
                     entries[source.scan_id] = self._failed(source, err, time.perf_counter() - started)
                     bar.update()
@@ -342,6 +362,9 @@ class BatchRunner:
         entry["timings"] = {k: round(v, 3) for k, v in result.timings.items()}
         if dicom is not None and dicom.get("note"):
             entry["dicom_note"] = dicom["note"]
+        if result.settings.get("unsupported"):
+            entry["warning"] = f"outside the networks' domain, processed anyway: {result.settings['unsupported']}"
+        entry["slice_axis"] = result.slice_axis.name
         return entry
 
     def _write_dicom(self, scan: Scan, result: Result, folder: Path) -> dict[str, Any]:
@@ -461,6 +484,14 @@ def _entry(source: ScanSource | None, inputs: list[str] | None, status: str, err
         "n_restored": 0,
         "dir": None,  # set for scans whose folder exists (written now or by an earlier run)
     }
+
+
+def _unsupported_entry(source: ScanSource, reason: str, message: str | None = None) -> dict[str, Any]:
+    """A skipped entry for a scan outside the networks' domain (``--on-unsupported skip``)."""
+    entry = _entry(source, None, "skipped", f"not processed: {message or f'{source.path}: {reason}'}"
+                   " (sgad-med run --on-unsupported warn processes such scans anyway, where they can be read)")
+    entry["unsupported"] = reason
+    return entry
 
 
 def _exit_code(entries: Sequence[dict[str, Any]]) -> int:

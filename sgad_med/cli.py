@@ -184,15 +184,15 @@ def cmd_run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_USAGE
     options = {"harmonize": not args.no_harmonize, "threshold": args.threshold, "batch_size": args.batch_size,
-               "restore_policy": args.restore}
+               "restore_policy": args.restore, "slice_axis": args.slice_axis}
     settings = {"bundles": str(bundles), "device": str(device), "format": args.format, "workers": args.workers,
-                "world_size": world_size, **options}
+                "world_size": world_size, "on_unsupported": args.on_unsupported, **options}
 
     def make_pipeline() -> SGADPipeline:
         return SGADPipeline.from_bundles(bundles, device=device, **options)
 
     runner = BatchRunner(make_pipeline, args.out, format=args.format, overwrite=args.overwrite, workers=args.workers,
-                         quiet=args.quiet, debug=args.debug, settings=settings)
+                         quiet=args.quiet, debug=args.debug, settings=settings, on_unsupported=args.on_unsupported)
     try:
         entries = runner.run(args.inputs)
     except SGADError as err:
@@ -212,6 +212,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(line, file=sys.stderr)
         print(f"outputs in {args.out} (manifest.json, report.html)")
     return runner.exit_code
+
+
+def _slice_axis(text: str) -> str:
+    from sgad_med.io.slice_axis import parse_slice_axis
+
+    try:
+        parse_slice_axis(text)
+    except SGADError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
 
 
 def _probability(text: str) -> float:
@@ -281,8 +291,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="restore the flagged slices (default) or none (detection only)")
     run.add_argument("--bundles", default=None,
                      help="folder holding the bundles (default: ./bundles, else the one beside the package)")
+    run.add_argument("--slice-axis", default="auto", type=_slice_axis,
+                     help="auto (default: the acquisition plane: the largest spacing, else the source's slice axis), "
+                          "axial, coronal or sagittal")
+    run.add_argument("--on-unsupported", choices=["skip", "warn"], default="skip",
+                     help="scans outside the networks' domain (parametric maps, tiny images): skip (default, listed "
+                          "in manifest.json with the reason) or warn (process them with a warning)")
     run.add_argument("--overwrite", action="store_true", help="redo scans already finished in --out")
-    run.add_argument("--quiet", action="store_true", help="no progress bars and no table, only the counts")
+    run.add_argument("--quiet", action="store_true",
+                     help="no progress bars and no table: only the counts and each failure's reason")
     # SUPPRESS: `sgad-med --debug run` and `sgad-med run --debug` both work (a False default would hide the first).
     run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     run.set_defaults(handler=cmd_run)

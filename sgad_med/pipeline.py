@@ -14,6 +14,8 @@ import torch
 from sgad_med.bundles import resolve_device
 from sgad_med.errors import SGADError
 from sgad_med.io import Scan, load_scan
+from sgad_med.io.slice_axis import SliceAxis, choose_slice_axis, parse_slice_axis
+from sgad_med.transforms.background import background_level01, outside_body
 from sgad_med.transforms.intensity import ScanNormalize, denormalize
 from sgad_med.transforms.scan_lut import apply_intensity_lut, fit_intensity_lut, slice_structure_agreement
 from sgad_med.transforms.slices import foreground_slices
@@ -52,6 +54,10 @@ class Result:
             damaged most of the scan: every slice is the input).
         structure: per slice, the gradient correlation of the harmonized slice with the table-mapped input (NaN
             without tissue; ``None`` when not checked).
+        slice_axis: the axis of the RAS-oriented image the slices were taken along, and why
+            (:func:`~sgad_med.io.slice_axis.choose_slice_axis`); every per-slice array indexes it.
+        background: voxels outside the body ``[H, W, D]`` (RAS, like the image), where both output volumes hold
+            the input's voxels (``None``: not computed).
     """
 
     scan: Scan
@@ -69,6 +75,8 @@ class Result:
     fallback: np.ndarray | None = None
     fallback_scope: str = "none"
     structure: np.ndarray | None = None
+    slice_axis: SliceAxis = field(default_factory=lambda: SliceAxis(2, "axial by default"))
+    background: np.ndarray | None = None
 
     @property
     def flagged_slices(self) -> list[int]:
@@ -144,6 +152,10 @@ class SGADPipeline:
             the check is not computed) by default: the shipped generator's guided filter and spatially varying
             tables put the agreement of correct slices of held-out synthetic scans at 0.5-0.95, so a strict gate
             (0.8) also rejects good harmonizations (see the sgad_pipeline bundle's docs for both settings measured).
+        slice_axis: ``"auto"`` (the acquisition plane: see :func:`~sgad_med.io.slice_axis.choose_slice_axis`), or
+            ``"axial"``/``"coronal"``/``"sagittal"`` (or the RAS axis 0-2) for every scan.
+        keep_background: outside the body (:func:`~sgad_med.transforms.background.outside_body`) both output
+            volumes hold the input's voxels, bit for bit.
 
     Example::
 
@@ -167,6 +179,8 @@ class SGADPipeline:
         fallback: bool = True,
         scan_fallback_fraction: float = 0.5,
         min_structure: float = 0.0,
+        slice_axis: str | int = "auto",
+        keep_background: bool = True,
     ) -> None:
         if restore_policy not in RESTORE_POLICIES:
             raise SGADError(None, f"unknown restore policy {restore_policy!r}", fix=f"use one of {RESTORE_POLICIES}")
@@ -184,6 +198,9 @@ class SGADPipeline:
         self.fallback = bool(fallback)
         self.scan_fallback_fraction = float(scan_fallback_fraction)
         self.min_structure = float(min_structure)
+        parse_slice_axis(slice_axis)  # refuse a bad value now, not at the first scan
+        self.slice_axis = slice_axis
+        self.keep_background = bool(keep_background)
         self.device = None if device is None else resolve_device(device)
         for component in self._components():
             if self.device is not None and hasattr(component, "network"):
@@ -271,6 +288,8 @@ class SGADPipeline:
             "fallback": self.fallback,
             "scan_fallback_fraction": self.scan_fallback_fraction,
             "min_structure": self.min_structure,
+            "slice_axis": str(self.slice_axis),
+            "keep_background": self.keep_background,
             "device": str(self.device if self.device is not None else self.detector.device),
             "batch_size": {name: int(c.batch_size) for name, c in zip(("harmonizer", "detector", "restorer"),
                            (self.harmonizer, self.detector, self.restorer)) if c is not None},
@@ -292,9 +311,15 @@ class SGADPipeline:
             scan = load_scan(scan)
             timings["load"] = time.perf_counter() - start
         clock = time.perf_counter()
-        image = scan.image.as_tensor().detach().cpu()
+        axis = choose_slice_axis(scan, self.slice_axis)
+        # every stage works on slices along the last axis: the chosen axis is moved there, and back at the end
+        image = scan.image.as_tensor().detach().cpu().movedim(axis.index + 1, -1)
         volume01, params = self.normalizer.normalize_with_params(image[0:1], scan.modality)
         input01 = torch.as_tensor(volume01)[0]
+        background = None
+        if self.keep_background:
+            level = background_level01(scan.modality, tuple(self.normalizer.settings.get("window", (-1024.0, 3071.0))))
+            background = torch.from_numpy(outside_body(input01, level))
         timings["normalize"] = _lap(clock)
 
         clock = time.perf_counter()
@@ -337,7 +362,7 @@ class SGADPipeline:
         if self.harmonize:
             # Voxels the normalization clipped are not put back: they belong to the input's style.
             base = torch.as_tensor(denormalize(harmonized01[None], params, restore_clipped=False))
-            harmonized = scan.with_image(base)
+            harmonized = base  # a Scan below, once the background is back and the axes are RAS again
         else:
             base, harmonized = image, None
         corrected_image = base[0:1].clone()
@@ -349,11 +374,20 @@ class SGADPipeline:
         elif fallback01 is not None:
             corrected_image[0, ..., fallback] = torch.as_tensor(
                 denormalize(fallback01[None], params, restore_clipped=False))[0]
-        corrected = scan.with_image(corrected_image)
+        if background is not None:  # outside the body both outputs are the input, bit for bit
+            kept = background.clone()
+            kept[..., chosen] = False  # except on restored slices: their background was damaged too
+            corrected_image[0][kept] = image[0][kept]
+            if harmonized is not None:
+                base = base.clone()
+                base[0][background] = image[0][background]
+        if harmonized is not None:
+            harmonized = scan.with_image(base[0:1].movedim(-1, axis.index + 1).contiguous())
+        corrected = scan.with_image(corrected_image.movedim(-1, axis.index + 1).contiguous())
         timings["denormalize"] = _lap(clock)
         timings["total"] = time.perf_counter() - start
 
-        settings = {**self.settings, "threshold": threshold, "modality": scan.modality,
+        settings = {**self.settings, "threshold": threshold, "modality": scan.modality, "slice_axis": axis.as_dict(),
                     "normalization": {"kind": params.kind, "lo": float(params.lo), "hi": float(params.hi),
                                       **self.normalizer.settings}}
         return Result(
@@ -372,6 +406,8 @@ class SGADPipeline:
             fallback=fallback,
             fallback_scope=scope,
             structure=structure,
+            slice_axis=axis,
+            background=None if background is None else background.movedim(-1, axis.index).numpy(),
         )
 
     @property

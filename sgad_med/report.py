@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 #: Columns of ``slices.csv``, in order (the first four are the output contract).
 SLICE_COLUMNS = ("slice", "score", "flagged", "restored", "input_score", "harmonized_score", "cause", "fallback",
-                 "structure")
+                 "structure", "slice_axis")
 
 #: At most this many flagged slices get a figure each (the scores plot always covers every slice).
 MAX_SLICE_FIGURES = 24
@@ -101,6 +101,7 @@ def slice_rows(result: Result) -> list[dict[str, Any]]:
                 "cause": str(result.cause[k]) if k < len(result.cause) else "",
                 "fallback": int(result.fallback is not None and bool(result.fallback[k])),
                 "structure": _structure(result, k),
+                "slice_axis": result.slice_axis.name,  # which RAS axis "slice" indexes: R, A or S
             }
         )
     return rows
@@ -131,18 +132,22 @@ def _display_window(result: Result) -> tuple[float, float]:
     return float(params.lo), float(params.hi)
 
 
-def _display_slice(scan: Scan, k: int, window: tuple[float, float]) -> np.ndarray:
-    """Slice ``k`` in [0, 1], turned for a radiological view (anterior up, patient's right on the left)."""
+def _display_slice(scan: Scan, k: int, window: tuple[float, float], axis: int = 2) -> np.ndarray:
+    """Slice ``k`` along RAS ``axis`` in [0, 1], turned for a radiological view.
+
+    Of the two in-plane RAS axes, the later one runs up the picture (anterior up in an axial slice, superior up
+    in a sagittal or coronal one) and the earlier one runs right to left (patient's right on the viewer's left;
+    anterior on the left in a sagittal slice).
+    """
     lo, hi = window
-    plane = scan.image[0, :, :, k].detach().cpu().numpy().astype(np.float32)
+    plane = scan.image[0].select(axis, k).detach().cpu().numpy().astype(np.float32)
     plane = np.clip((plane - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
-    # RAS axes: first increases to the Right, second to the Anterior; rows top->bottom = A->P, columns R->L
     return plane.T[::-1, ::-1]
 
 
-def _aspect(scan: Scan) -> float:
-    spacing = scan.spacing
-    return spacing[1] / spacing[0] if spacing[0] > 0 else 1.0
+def _aspect(scan: Scan, axis: int = 2) -> float:
+    first, second = (scan.spacing[i] for i in range(3) if i != axis)
+    return second / first if first > 0 else 1.0
 
 
 def _corrected_title(result: Result, k: int) -> str:
@@ -155,9 +160,10 @@ def _slice_figure(result: Result, k: int, window: tuple[float, float], path: Pat
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    before = _display_slice(result.scan, k, window)
-    after = _display_slice(result.corrected, k, window)
-    harmonized = None if result.harmonized is None else _display_slice(result.harmonized, k, window)
+    axis = result.slice_axis.index
+    before = _display_slice(result.scan, k, window, axis)
+    after = _display_slice(result.corrected, k, window, axis)
+    harmonized = None if result.harmonized is None else _display_slice(result.harmonized, k, window, axis)
     panels: list[tuple[str, np.ndarray | None]] = [
         ("input", before),
         ("harmonized", harmonized),
@@ -172,7 +178,7 @@ def _slice_figure(result: Result, k: int, window: tuple[float, float], path: Pat
     fig = Figure(figsize=(15, 3.4), dpi=80)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 5)
-    aspect = _aspect(result.scan)
+    aspect = _aspect(result.scan, axis)
     for ax, (title, image) in zip(axes[:3], panels):
         if image is None:
             ax.text(0.5, 0.5, "harmonization\nskipped", ha="center", va="center", transform=ax.transAxes)
@@ -187,7 +193,7 @@ def _slice_figure(result: Result, k: int, window: tuple[float, float], path: Pat
     fig.colorbar(shown, ax=axes[4], fraction=0.046, pad=0.04)
     cause = result.cause[k] if k < len(result.cause) else ""
     fig.suptitle(
-        f"{result.scan.scan_id} slice {k}: score {float(result.scores[k]):.3f}"
+        f"{result.scan.scan_id} {result.slice_axis.plane} slice {k}: score {float(result.scores[k]):.3f}"
         + (f" (cause: {cause})" if cause else "")
     )
     fig.savefig(path, format="png", bbox_inches="tight")
@@ -213,7 +219,8 @@ def _scores_figure(result: Result, path: Path) -> None:
     ax.axhline(result.threshold, color="red", lw=1, label=f"threshold {result.threshold:.3f}")
     ax.set_xlim(-0.5, max(len(slices) - 0.5, 0.5))
     ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("slice (0-based, inferior to superior)")
+    direction = {"R": "left to right", "A": "posterior to anterior", "S": "inferior to superior"}
+    ax.set_xlabel(f"{result.slice_axis.plane} slice (0-based, {direction[result.slice_axis.name]})")
     ax.set_ylabel("anomaly score")
     ax.set_title(f"{result.scan.scan_id}: score along the slice axis")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")  # outside: never hides a curve
@@ -280,6 +287,8 @@ def write_scan_outputs(
             "fallback": sum(r["fallback"] for r in rows),
         },
         "harmonization_fallback": result.fallback_scope,
+        "slice_axis": result.slice_axis.as_dict(),
+        "background_voxels": None if result.background is None else int(np.count_nonzero(result.background)),
         "dicom": dicom,
         "figures": {
             "scores": f"{FIGURES_DIR}/{SCORES_FIGURE}",

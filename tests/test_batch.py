@@ -19,6 +19,7 @@ from pydicom.data import get_testdata_file
 
 from sgad_med.batch import BatchRunner, shard
 from sgad_med.cli import main
+from sgad_med.io.dicom_write import write_new_series
 from tests.conftest import oblique_affine, smooth_volume
 from tests.tiny_bundles import make_tiny_bundles
 
@@ -263,3 +264,60 @@ def test_no_harmonize_debug_tracebacks_and_duplicate_inputs(tmp_path, bundles, c
 
     code = _run(inputs, tmp_path / "out2", bundles)
     assert code == 1 and "Traceback" not in capsys.readouterr().err
+
+
+def test_unsupported_inputs_are_skipped_with_the_reason_or_processed_with_a_warning(tmp_path, bundles, capsys):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    perfusion = get_testdata_file("eCT_Supplemental.dcm")  # an rCBF map (ImageType ...\PERFUSION\RCBF)
+    shutil.copy2(perfusion, inputs / "rcbf.dcm")
+    nib.save(nib.Nifti1Image(smooth_volume(shape=(8, 8, 5)), np.eye(4)), inputs / "tiny.nii.gz")
+    # one diffusion slice in several directions, stored as a series: every image at the same position
+    repeats = write_new_series(smooth_volume(shape=(20, 18, 3)), np.diag([1.0, 1.0, 2.0, 1.0]), tmp_path / "dwi")
+    (inputs / "dwi").mkdir()
+    for k, path in enumerate(repeats):
+        ds = pydicom.dcmread(path)
+        ds.ImagePositionPatient = [0.0, 0.0, 0.0]
+        ds.save_as(inputs / "dwi" / f"{k}.dcm")
+    out = tmp_path / "out"
+    assert _run(inputs, out, bundles) == 0, "unsupported scans are skipped, not failures"
+    entries = _manifest(out)
+    assert len(entries) == 3 and all(e["status"] == "skipped" and e["dir"] is None for e in entries.values())
+    reasons = {scan_id: e["unsupported"] for scan_id, e in entries.items()}
+    assert any("relative cerebral blood flow" in r and "RCBF" in r for r in reasons.values())
+    assert "8x8 pixels" in reasons["tiny"]
+    assert any("share one position" in r for r in reasons.values())
+    assert all("--on-unsupported warn" in e["error"] for e in entries.values())
+
+    out = tmp_path / "out-warn"
+    assert _run(inputs / "rcbf.dcm", out, bundles, "--on-unsupported", "warn") == 0
+    ((scan_id, entry),) = _manifest(out).items()
+    assert entry["status"] == "ok" and "parametric map" in entry["warning"]
+    assert "parametric map" in json.loads((out / scan_id / "report.json").read_text())["settings"]["unsupported"]
+    assert "processed anyway" in capsys.readouterr().err
+
+
+def test_background_is_kept_bit_for_bit_and_the_slice_axis_recorded(tmp_path, bundles):
+    from tests.io.test_slice_axis import PLANE_AFFINES
+
+    x, y, z = np.meshgrid(*(np.linspace(-1, 1, n) for n in (24, 20, 9)), indexing="ij")
+    head = np.where(x**2 + y**2 + 0.3 * z**2 < 0.6, smooth_volume(shape=(24, 20, 9), low=300, high=900), 0.0)
+    write_new_series(head, PLANE_AFFINES["sagittal"](3.0), tmp_path / "sagittal", modality="MR")
+    out = tmp_path / "out"
+    assert _run(tmp_path / "sagittal", out, bundles) == 0
+    ((scan_id, entry),) = _manifest(out).items()
+    assert entry["slice_axis"] == "R"
+    report = json.loads((out / scan_id / "report.json").read_text())
+    assert report["slice_axis"]["plane"] == "sagittal" and report["counts"]["slices"] == 9
+    with open(out / scan_id / "slices.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 9 and {r["slice_axis"] for r in rows} == {"R"}
+    import sgad_med
+
+    source = sgad_med.load_scan(tmp_path / "sagittal").image.numpy()[0]  # RAS: slices along axis 0
+    keep = source == 0
+    assert keep.mean() > 0.3
+    keep[[int(r["slice"]) for r in rows if r["restored"] == "1"]] = False  # restored slices are new throughout
+    for name in ("harmonized.nii.gz", "corrected.nii.gz"):
+        written = sgad_med.load_scan(out / scan_id / name).image.numpy()[0]
+        assert np.array_equal(written[keep], source[keep]), name

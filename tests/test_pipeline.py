@@ -89,7 +89,8 @@ def _stub_pipeline(**options) -> SGADPipeline:
 
 
 def test_result_fields_flags_causes_and_only_flagged_slices_restored(damaged_scan):
-    result = _stub_pipeline()(damaged_scan)
+    # the smooth test volume has no body, so its dark corners would count as background: off for exact checks
+    result = _stub_pipeline(keep_background=False)(damaged_scan)
     assert isinstance(result, Result)
     depth = damaged_scan.shape[-1]
     for name in ("input_scores", "harmonized_scores", "scores", "flagged", "restored"):
@@ -132,7 +133,7 @@ def test_restorer_works_on_the_harmonized_volume_and_only_on_flagged_slices(dama
     pipeline = _stub_pipeline()
     pipeline(damaged_scan)
     assert pipeline.restorer.calls == [[INPUT_DAMAGED]]
-    unsafe = _stub_pipeline(fallback=False)
+    unsafe = _stub_pipeline(fallback=False, keep_background=False)  # exact values: see the first test
     result = unsafe(damaged_scan)
     assert unsafe.restorer.calls == [[INPUT_DAMAGED, GAN_DAMAGED]] and not result.fallback.any()
     harmonized = result.harmonized.image.numpy()
@@ -152,7 +153,7 @@ class WreckingHarmonizer(StubHarmonizer):
 def test_a_scan_the_harmonizer_wrecked_falls_back_to_the_input_bit_for_bit(clean_scan):
     scan = clean_scan
     data = scan.image.numpy()
-    pipeline = SGADPipeline(WreckingHarmonizer(), StubDetector(), StubRestorer(), device=None)
+    pipeline = SGADPipeline(WreckingHarmonizer(), StubDetector(), StubRestorer(), device=None, keep_background=False)
     result = pipeline(scan)
     assert result.fallback_scope == "scan" and result.fallback.all() and not result.restored.any()
     assert pipeline.restorer.calls == []
@@ -255,3 +256,43 @@ def test_the_structure_check_is_off_by_default_even_for_slices_whose_edges_antic
 
     result = SGADPipeline(Inverter(), StubDetector(threshold=0.99), StubRestorer(), device=None)(damaged_scan)
     assert result.structure is None and not result.fallback.any() and result.fallback_scope == "none"
+
+
+@pytest.mark.parametrize(("plane", "axis"), [("sagittal", 0), ("coronal", 1)])
+def test_damage_to_one_slice_of_a_sagittal_or_coronal_series_is_flagged_on_that_slice(tmp_path, plane, axis):
+    from sgad_med.io.dicom_write import write_new_series
+    from tests.io.test_slice_axis import PLANE_AFFINES
+
+    volume = smooth_volume(shape=(24, 20, 9), low=100.0, high=900.0)
+    volume[:, :, 5] = 5000.0  # the fifth acquired slice arrived saturated
+    write_new_series(volume, PLANE_AFFINES[plane](3.0), tmp_path / plane, modality="MR")
+    scan = sgad_med.load_scan(tmp_path / plane)
+    result = _stub_pipeline(harmonize=False)(scan)
+    assert result.slice_axis.index == axis and result.slice_axis.plane == plane
+    assert len(result.scores) == 9 and result.flagged_slices == [5]  # that slice, in the acquired plane
+    corrected, original = result.corrected.image.numpy()[0], scan.image.numpy()[0]
+    assert np.array_equal(np.delete(corrected, 5, axis=axis), np.delete(original, 5, axis=axis))
+    expected = 0.5 * (original.take(4, axis=axis) + original.take(6, axis=axis))
+    assert np.allclose(corrected.take(5, axis=axis), expected, rtol=1e-4, atol=0.5)
+
+
+def test_background_is_kept_bit_for_bit_in_both_outputs():
+    """A head in zero background: the harmonizer raises the floor (as the shipped one did, 0 -> 64)."""
+    x, y = np.meshgrid(np.linspace(-1, 1, 24), np.linspace(-1, 1, 20), indexing="ij")
+    head = np.where(x**2 + y**2 < 0.5, smooth_volume(shape=(24, 20, 9), low=200.0, high=900.0)[..., 0], 0.0)
+    data = np.repeat(head[..., None], 9, axis=2).astype(np.float32)
+    scan = sgad_med.Scan(image=sgad_med.io.scan.MetaTensor(torch.as_tensor(data)[None], affine=torch.eye(4)),
+                         scan_id="head", modality="MR")
+
+    class FloorRaiser(StubHarmonizer):
+        def harmonize01(self, volume01):
+            return volume01 * 0.8 + 0.1
+
+    result = SGADPipeline(FloorRaiser(), StubDetector(), StubRestorer(), device=None)(scan)
+    outside = data == 0
+    for volume in (result.harmonized, result.corrected):
+        assert np.array_equal(volume.image.numpy()[0][outside], data[outside])
+    assert not np.array_equal(result.harmonized.image.numpy()[0][~(data == 0)], data[~(data == 0)])
+    assert result.background is not None and result.background[0, 0, 0] and not result.background[12, 10, 4]
+    off = SGADPipeline(FloorRaiser(), StubDetector(), StubRestorer(), device=None, keep_background=False)(scan)
+    assert (off.harmonized.image.numpy()[0][outside] > 0).all(), "without it, the floor is raised"

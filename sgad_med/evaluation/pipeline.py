@@ -62,10 +62,13 @@ def pipeline_cases(
     cases = []
     for pair in heldout_pairs(n_anatomies, styles_per_anatomy, spacing=spacing, seed=seed, mni_dir=mni_dir):
         anatomy_seed, style_seed = pair["anatomy_seed"], pair["style_seed"]
+        mask = head_mask(pair["target"])
         cases.append({
             "source": (pair["source"] * MR_SCALE).astype(np.float32),
             "truth01": normalize_mr(pair["target"]),
-            "head": head_slices(head_mask(pair["target"]), min_foreground),
+            "head": head_slices(mask, min_foreground),
+            # the head slices along each RAS axis, for the sagittal and coronal cases
+            "head_by_axis": [head_slices(np.moveaxis(mask, axis, -1), min_foreground) for axis in range(3)],
             "affine": np.asarray(pair["affine"], dtype=np.float64),
             "anatomy_seed": anatomy_seed,
             "style_seed": style_seed,
@@ -95,8 +98,13 @@ def evaluate_pipeline(
     slices_per_volume: int = 3,
     min_gap: int = 4,
     seed: int = 0,
+    plane: str = "axial",
 ) -> dict[str, Any]:
     """Corrupt known slices of each case, run the pipeline, and measure detection and restoration.
+
+    With ``plane`` ``"sagittal"`` or ``"coronal"``, the slices of that plane are corrupted and the pipeline slices
+    the scans in that plane (``slice_axis``), as it would a scan acquired so: the networks, trained on axial
+    slices, then see sagittal or coronal ones.
 
     Args:
         pipeline: an :class:`~sgad_med.pipeline.SGADPipeline`.
@@ -106,14 +114,31 @@ def evaluate_pipeline(
         slices_per_volume: corrupted slices per case (apart by ``min_gap``, inside the head).
         min_gap: smallest distance between two corrupted slices.
         seed: seed of the slice and artifact draws.
+        plane: ``"axial"``, ``"coronal"`` or ``"sagittal"``.
 
     Returns:
         A JSON-ready dict: ``detection``, ``restoration``, ``unchanged_elsewhere``, ``per_case`` and settings.
     """
+    previous_axis = getattr(pipeline, "slice_axis", "auto")
+    pipeline.slice_axis = plane  # as the pipeline slices a scan acquired in that plane
+    try:
+        return _evaluate_plane(pipeline, cases, kinds, severity, slices_per_volume, min_gap, seed, plane)
+    finally:
+        pipeline.slice_axis = previous_axis
+
+
+def _evaluate_plane(pipeline: Any, cases: Sequence[dict], kinds: Sequence[str], severity: float,
+                    slices_per_volume: int, min_gap: int, seed: int, plane: str) -> dict[str, Any]:
     from monai.data import MetaTensor
 
     from sgad_med.io import Scan
+    from sgad_med.io.slice_axis import parse_slice_axis
     from sgad_med.transforms.artifacts import SliceArtifact
+
+    axis = parse_slice_axis(plane)
+
+    def last(volume: np.ndarray) -> np.ndarray:  # the plane's slices along the last axis
+        return np.moveaxis(volume, axis, -1)
 
     found: dict[str, list[int]] = {kind: [] for kind in kinds}
     clean_flags: list[int] = []
@@ -125,23 +150,26 @@ def evaluate_pipeline(
     per_case = []
     turn = 0
     for index, case in enumerate(cases):
-        chosen = corrupted_slices_for(case["head"], slices_per_volume, min_gap, seed=[seed, index])
-        # the artifact transforms work on [0, 1] intensities (they clip there): damage the rendering, then scale
-        image = MetaTensor(torch.as_tensor(case["source"] / MR_SCALE)[None], affine=torch.as_tensor(case["affine"]))
+        head = case["head_by_axis"][axis] if "head_by_axis" in case else case["head"]
+        chosen = corrupted_slices_for(head, slices_per_volume, min_gap, seed=[seed, index])
+        # the artifact transforms work on [0, 1] intensities (they clip there) and on the last axis: damage the
+        # rendering's slices of the plane, then scale
+        image = MetaTensor(torch.as_tensor(last(case["source"] / MR_SCALE).copy())[None])
         kind_of: dict[int, str] = {}
         for j, k in enumerate(chosen):
             kind = kinds[turn % len(kinds)]
             turn += 1
             kind_of[int(k)] = kind
             image = SliceArtifact(kind, [int(k)], severity=severity, seed=seed * 1000 + index * 10 + j)(image)
-        scan = Scan(image=MetaTensor(torch.as_tensor(image.as_tensor()) * MR_SCALE, affine=image.affine),
+        damaged = torch.as_tensor(image.as_tensor()).movedim(-1, axis + 1) * MR_SCALE
+        scan = Scan(image=MetaTensor(damaged.contiguous(), affine=torch.as_tensor(case["affine"])),
                     scan_id=f"case{index}", modality="MR")
         result = pipeline(scan)
         norm = result.settings["normalization"]
-        corrected01 = _to01(result.corrected.image, norm)
+        corrected01 = last(_to01(result.corrected.image, norm))
         harmonized = result.harmonized if result.harmonized is not None else scan
-        harmonized01 = _to01(harmonized.image, norm)
-        truth01 = case["truth01"]
+        harmonized01 = last(_to01(harmonized.image, norm))
+        truth01 = last(case["truth01"])
         depth = truth01.shape[-1]
         for k, kind in kind_of.items():
             found[kind].append(int(result.flagged[k]))
@@ -149,7 +177,7 @@ def evaluate_pipeline(
             errors["harmonized, not restored"].append(_mae(harmonized01[..., k], truth01[..., k]))
             errors["sgad-med pipeline"].append(_mae(corrected01[..., k], truth01[..., k]))
             errors["neighbour mean (perfect detection)"].append(_mae(neighbours, truth01[..., k]))
-        clean = np.asarray(case["head"], dtype=bool).copy()
+        clean = np.asarray(head, dtype=bool).copy()
         clean[list(kind_of)] = False
         beside = np.zeros_like(clean)
         for k in kind_of:
@@ -159,14 +187,14 @@ def evaluate_pipeline(
         beside_flags += [int(f) for f in result.flagged[beside]]
         clean_by_gan += sum(result.cause[k] == "harmonization" for k in np.flatnonzero(clean & result.flagged))
         keep = ~result.restored & ~(result.fallback if result.fallback is not None else False)
-        unchanged &= bool(np.array_equal(result.corrected.image.numpy()[..., keep],
-                                         harmonized.image.numpy()[..., keep]))
+        unchanged &= bool(np.array_equal(last(result.corrected.image.numpy()[0])[..., keep],
+                                         last(harmonized.image.numpy()[0])[..., keep]))
         per_case.append({"anatomy_seed": case["anatomy_seed"], "style": case["style"],
                          "corrupted": {str(k): v for k, v in kind_of.items()}, "flagged": result.flagged_slices})
     all_found = sum(found.values(), [])
     return {
         "settings": {"kinds": list(kinds), "severity": severity, "slices_per_volume": slices_per_volume,
-                     "n_cases": len(cases), "threshold": float(pipeline.threshold), "seed": seed},
+                     "n_cases": len(cases), "threshold": float(pipeline.threshold), "seed": seed, "plane": plane},
         "detection": {
             "corrupted_flagged": _mean(all_found),
             "corrupted_flagged_by_kind": {kind: _mean(v) for kind, v in found.items()},
@@ -190,7 +218,8 @@ def _pct(value: float | None) -> str:
 def format_table(results: dict[str, Any]) -> str:
     """The evaluation as text: detection rates, then the restoration errors."""
     detection = results["detection"]
-    lines = [f"pipeline evaluation: {results['settings']['n_cases']} held-out cases, severity "
+    plane = results["settings"].get("plane", "axial")
+    lines = [f"pipeline evaluation: {results['settings']['n_cases']} held-out cases, {plane} slices, severity "
              f"{results['settings']['severity']}, threshold {results['settings']['threshold']:.3f}",
              f"corrupted slices flagged: {_pct(detection['corrupted_flagged'])} of {detection['n_corrupted']}"]
     for kind, rate in detection["corrupted_flagged_by_kind"].items():
@@ -225,12 +254,16 @@ class PipelineEvaluation:
         real_anatomy: also run the pipeline on the real test scans of
             :func:`~sgad_med.evaluation.real_anatomy.real_anatomy_scans` and report whether ``corrected`` keeps
             their anatomy.
+        planes: besides the axial evaluation (the main figures), the same cases cut and damaged in these planes
+            (``"sagittal"``, ``"coronal"``), reported under ``"planes"``.
     """
 
     def __init__(self, cases: Sequence[dict] | Callable[[], Sequence[dict]], pipeline: Any,
                  output_dir: str | os.PathLike, kinds: Sequence[str] = DEFAULT_KINDS, severity: float = 0.5,
-                 slices_per_volume: int = 3, seed: int = 0, real_anatomy: bool = False) -> None:
+                 slices_per_volume: int = 3, seed: int = 0, real_anatomy: bool = False,
+                 planes: Sequence[str] = ()) -> None:
         self.real_anatomy = bool(real_anatomy)
+        self.planes = [p for p in planes if p != "axial"]
         self.cases, self.pipeline, self.output_dir = cases, pipeline, Path(output_dir)
         self.kinds, self.severity = list(kinds), float(severity)
         self.slices_per_volume, self.seed = int(slices_per_volume), int(seed)
@@ -243,12 +276,19 @@ class PipelineEvaluation:
         pipeline = self.pipeline if hasattr(self.pipeline, "detector") else self.pipeline()
         check_protocol_normalization(pipeline.detector)  # the pipeline has checked the others against it
         results = evaluate_pipeline(pipeline, cases, self.kinds, self.severity, self.slices_per_volume, seed=self.seed)
+        if self.planes:
+            results["planes"] = {plane: evaluate_pipeline(pipeline, cases, self.kinds, self.severity,
+                                                          self.slices_per_volume, seed=self.seed, plane=plane)
+                                 for plane in self.planes}
         if self.real_anatomy:
             from sgad_med.evaluation.real_anatomy import evaluate_real_anatomy
 
             results["real_anatomy"] = evaluate_real_anatomy(pipeline)
         results["seconds"] = round(time.perf_counter() - started, 1)
         print(format_table(results))
+        for plane_results in results.get("planes", {}).values():
+            print()
+            print(format_table(plane_results))
         if self.real_anatomy:
             from sgad_med.evaluation.real_anatomy import format_real_anatomy
 

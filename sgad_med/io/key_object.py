@@ -39,8 +39,8 @@ def _version() -> str:
     return __version__
 
 
-def slice_to_instance(scan: Scan) -> list[int] | None:
-    """For each slice along the last RAS axis, the index of the DICOM instance (or frame) that holds it.
+def slice_to_instance(scan: Scan, axis: int = 2) -> list[int] | None:
+    """For each slice along RAS ``axis``, the index of the DICOM instance (or frame) that holds it.
 
     ``scan.dicom_headers`` (and a derived series written from the scan) are in the source's slice order, which
     can run the other way along the slice axis than the RAS image does. A multi-frame scan has one header: the
@@ -48,32 +48,33 @@ def slice_to_instance(scan: Scan) -> list[int] | None:
 
     Args:
         scan: a scan read from DICOM.
+        axis: the RAS axis the slices were taken along (the pipeline's ``Result.slice_axis``).
 
     Returns:
-        ``mapping[k]`` = instance (or frame) index of RAS slice ``k``, or ``None`` when the RAS slice axis is not
-        the source's slice axis (a sagittal or coronal acquisition: every instance cuts through every slice).
+        ``mapping[k]`` = instance (or frame) index of RAS slice ``k``, or ``None`` when ``axis`` is not the
+        source's slice axis (every instance then cuts through every slice).
     """
-    depth = scan.shape[2]
-    if len(scan.dicom_headers) == 1 and int(scan.dicom_headers[0].get("NumberOfFrames", 1) or 1) > 1:
-        count = int(scan.dicom_headers[0].NumberOfFrames)
-        frame_order = scan.image.meta.get("sgad_frame_order")
-        if frame_order is None or len(frame_order) != depth or count != depth:
-            return None
-        return [int(f) for f in frame_order]
-    if len(scan.dicom_headers) != depth:
+    depth = scan.shape[axis]
+    multiframe = len(scan.dicom_headers) == 1 and int(scan.dicom_headers[0].get("NumberOfFrames", 1) or 1) > 1
+    count = int(scan.dicom_headers[0].NumberOfFrames) if multiframe else len(scan.dicom_headers)
+    frame_order = scan.image.meta.get("sgad_frame_order") if multiframe else None
+    if count != depth or (multiframe and (frame_order is None or len(frame_order) != depth)):
         return None
     if scan.native_affine is None:
-        return list(range(depth))
-    # Reorient an index ramp of shape (1, 1, D) the way the writer reorients voxels: where its long axis lands
-    # and in which direction says which native slice each RAS slice is, without touching the real volume.
-    ramp = np.arange(depth).reshape(1, 1, depth)
-    native = from_ras(ramp, scan.affine, scan.native_affine)
-    if native.shape != (1, 1, depth):
-        return None
-    mapping = [0] * depth
-    for native_index, ras_index in enumerate(native[0, 0, :]):
-        mapping[int(ras_index)] = native_index
-    return mapping
+        native_of = list(range(depth))
+    else:
+        # Reorient an index ramp along ``axis`` the way the writer reorients voxels: where its long axis lands
+        # and in which direction says which native slice each RAS slice is, without touching the real volume.
+        shape = [1, 1, 1]
+        shape[axis] = depth
+        native = from_ras(np.arange(depth).reshape(shape), scan.affine, scan.native_affine)
+        if native.shape != (1, 1, depth):
+            return None
+        native_of = [0] * depth
+        for native_index, ras_index in enumerate(native[0, 0, :]):
+            native_of[int(ras_index)] = native_index
+    # a multi-frame file's frames are in its own order: native slice n is frame frame_order[n]
+    return [int(frame_order[n]) for n in native_of] if multiframe else native_of
 
 
 def _evidence_copy(ds: pydicom.Dataset) -> pydicom.Dataset:
@@ -97,19 +98,23 @@ def _evidence_copy(ds: pydicom.Dataset) -> pydicom.Dataset:
     return copied
 
 
+_AXIS_WORDS = {"R": "left-right", "A": "posterior-anterior", "S": "inferior-superior"}
+
+
 def _note(scan: Scan, result: Result, flagged: list[int], per_slice: bool) -> str:
     causes = {result.cause[k] for k in flagged if k < len(result.cause) and result.cause[k]}
     restored = [k for k in flagged if bool(result.restored[k])]
     listed = ", ".join(str(k) for k in flagged)
     text = (
         f"sgad-med {_version()}: {len(flagged)} slice(s) flagged as anomalous (score >= {result.threshold:.3f}); "
-        f"{len(restored)} of them restored. Slices (0-based along the inferior-superior axis of scan "
-        f"{scan.scan_id}): {listed}."
+        f"{len(restored)} of them restored. {result.slice_axis.plane.capitalize()} slices (0-based along the "
+        f"{_AXIS_WORDS[result.slice_axis.name]} axis of scan {scan.scan_id}): {listed}."
     )
     if causes:
         text += f" Cause: {', '.join(sorted(causes))}."
     if not per_slice:
-        text += " The series was not acquired axially, so every instance is referenced."
+        text += (f" The series was not acquired in {result.slice_axis.plane} slices, so every instance is "
+                 "referenced.")
     return text
 
 
@@ -157,7 +162,7 @@ def write_key_object(
         instances = [pydicom.dcmread(f, stop_before_pixels=True) for f in derived_files]
     else:
         instances = list(scan.dicom_headers)
-    mapping = slice_to_instance(scan)
+    mapping = slice_to_instance(scan, result.slice_axis.index)
     if len(instances) == 1:
         chosen = [0]
     elif mapping is None:
