@@ -9,8 +9,10 @@ built from ImageOrientationPatient, PixelSpacing and the positions of the first 
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+import mmap
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,9 @@ import pydicom
 import pydicom.errors
 import torch
 from monai.data import MetaTensor
+from pydicom.encaps import parse_fragments
 from pydicom.pixels import apply_modality_lut
+from pydicom.uid import UID
 
 from sgad_med.errors import (
     InvalidScanDataError,
@@ -26,8 +30,7 @@ from sgad_med.errors import (
     ScanReadError,
     UnsupportedScanError,
 )
-from sgad_med.io.nifti import check_finite
-from sgad_med.io.orientation import to_ras
+from sgad_med.io.nifti import MAX_VOXELS, check_finite, oriented
 from sgad_med.io.scan import Scan, ScanSource, scan_id_for_series
 from sgad_med.transforms.intensity import quantization_step
 
@@ -36,27 +39,119 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 CODECS_EXTRA = "pip install 'sgad-med[dicom-codecs]'"
 # Positions closer than this (mm) along the normal are the same slice position.
 _POSITION_TOLERANCE = 1e-3
+# What using a damaged header value raises: pydicom converts values lazily and keeps whatever type the file's
+# VR gave, so text where a number belongs (or a sequence, or bytes) fails wherever it is first used.
+_VALUE_ERRORS = (ValueError, TypeError, AttributeError, IndexError, KeyError, OverflowError, NotImplementedError)
+
+
+@contextlib.contextmanager
+def _header_values(path: Path) -> Iterator[None]:
+    """Turn the error a damaged header value raises where it is used into an :class:`InvalidScanDataError`."""
+    try:
+        yield
+    except _VALUE_ERRORS as err:
+        problem = f"header holds a value that cannot be interpreted ({_reason(err)})"
+        raise InvalidScanDataError(path, problem, fix="the file is damaged; re-export it") from err
+
+
+def _reason(err: BaseException) -> str:
+    """The error's type and first line (pydicom puts whole tracebacks into some messages)."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0][:200] if lines else ''}"
+
+
+def _show(value: object) -> str:
+    text = repr(list(value) if isinstance(value, pydicom.multival.MultiValue) else value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _dcmread(path: Path, stop_before_pixels: bool) -> pydicom.Dataset:
-    """pydicom.dcmread, also for files without the Part 10 preamble; :class:`ScanReadError` when not DICOM."""
+    """pydicom.dcmread, also for files without the Part 10 preamble; :class:`ScanReadError` when not DICOM.
+
+    The file is memory-mapped rather than streamed: a damaged element length then reads at most the bytes the
+    file holds, where a file object first allocates the (possibly many gigabytes) length the element claims.
+    Every element is converted here, inside the error handling, rather than lazily wherever it is first used.
+    """
     try:
-        try:
-            return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
-        except pydicom.errors.InvalidDicomError:
-            # Older files often lack the preamble and file meta; a forced read is only trusted if it finds
-            # the tags every DICOM object has.
-            ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
-            if "SOPClassUID" not in ds and "Modality" not in ds:
-                raise
-            return ds
+        if path.stat().st_size == 0:
+            raise ScanReadError(path, "not a readable DICOM file (it is empty)")
+        with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            try:
+                ds = pydicom.dcmread(mapped, stop_before_pixels=stop_before_pixels)
+            except pydicom.errors.InvalidDicomError:
+                # Older files often lack the preamble and file meta; a forced read is only trusted if it finds
+                # the tags every DICOM object has.
+                mapped.seek(0)
+                ds = pydicom.dcmread(mapped, stop_before_pixels=stop_before_pixels, force=True)
+                if "SOPClassUID" not in ds and "Modality" not in ds:
+                    raise
+            ds.walk(lambda dataset, element: None)
+            if getattr(ds, "file_meta", None) is not None:
+                ds.file_meta.walk(lambda dataset, element: None)
+        ds.filename = str(path)  # as dcmread(path) would have set it
+        ds.buffer = None  # the map is closed: nothing reads from it again, and copies must not try to pickle it
+        return ds
+    except ScanReadError:
+        raise
     except Exception as err:  # pydicom raises many types for damaged files; all mean "cannot read"
-        raise ScanReadError(path, f"not a readable DICOM file ({type(err).__name__}: {err})") from err
+        raise ScanReadError(path, f"not a readable DICOM file ({_reason(err)})") from err
 
 
 def read_header(path: Path) -> pydicom.Dataset:
     """Read a DICOM file's header (no pixel data), or raise :class:`ScanReadError` naming the file."""
     return _check_object(_dcmread(path, stop_before_pixels=True), path)
+
+
+def _whole(ds: pydicom.Dataset, keyword: str, path: Path, default: int) -> int:
+    """A whole-number attribute (Rows, NumberOfFrames, ...); ``default`` when absent or empty."""
+    value = ds.get(keyword, default)
+    if value is None or value == "":
+        return default
+    try:
+        number = float(value)
+        if number.is_integer():
+            return int(number)
+    except (TypeError, ValueError, OverflowError):
+        pass
+    raise InvalidScanDataError(path, f"{keyword} is {_show(value)}, not a whole number")
+
+
+def _numbers(values: object, keyword: str, path: Path, count: int) -> np.ndarray:
+    """``count`` finite numbers from a DS/IS/FD value, whatever type a damaged file gave it."""
+    items = [values] if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__") else values
+    try:
+        numbers = np.asarray([float(v) for v in items], dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        numbers = None
+    if numbers is None or numbers.shape != (count,) or not np.all(np.isfinite(numbers)):
+        what = "a finite number" if count == 1 else f"{count} finite numbers"
+        raise InvalidScanDataError(path, f"{keyword} {_show(values)} is not {what}")
+    return numbers
+
+
+def _check_size(ds: pydicom.Dataset, path: Path) -> None:
+    """Refuse sizes no image has, before any decoder allocates what the header claims."""
+    rows, columns = _whole(ds, "Rows", path, 0), _whole(ds, "Columns", path, 0)
+    frames = _whole(ds, "NumberOfFrames", path, 1) or 1
+    if rows < 1 or columns < 1 or frames < 1:
+        raise InvalidScanDataError(
+            path,
+            f"header gives Rows {rows}, Columns {columns}, NumberOfFrames {frames}; an image needs at least one pixel",
+        )
+    if rows * columns * frames > MAX_VOXELS:
+        raise InvalidScanDataError(
+            path,
+            f"header gives an absurd image size ({frames} frames of {rows} x {columns}); "
+            "the header is probably corrupt",
+        )
+    syntax = _transfer_syntax(ds, path)
+    if syntax is not None and syntax.is_encapsulated and "PixelData" in ds:
+        # every frame is at least one fragment, so a frame count beyond the fragments is a damaged header
+        fragments = parse_fragments(ds.PixelData)[0]
+        if frames > fragments:
+            raise InvalidScanDataError(
+                path, f"NumberOfFrames is {frames} but the compressed pixel data holds {fragments} fragments"
+            )
 
 
 def _check_object(ds: pydicom.Dataset, path: Path) -> pydicom.Dataset:
@@ -68,6 +163,8 @@ def _check_object(ds: pydicom.Dataset, path: Path) -> pydicom.Dataset:
 def non_image_reason(header: pydicom.Dataset) -> str | None:
     """Why a DICOM object is not an image sgad_med reads (RTSTRUCT, SR, SEG, ...), or ``None`` if it is one."""
     sop_class = header.get("SOPClassUID")
+    if sop_class is not None and not isinstance(sop_class, UID):  # a damaged file may store it under another VR
+        sop_class = UID(sop_class) if isinstance(sop_class, str) else None
     name = sop_class.name if sop_class is not None else ""
     if sop_class is not None and sop_class.is_valid and "Storage" in name and "Image Storage" not in name:
         return f"is a {name.replace(' Storage', '')} object ({header.get('Modality', '?')}), not an image"
@@ -79,14 +176,19 @@ def non_image_reason(header: pydicom.Dataset) -> str | None:
 def read_dicom(source: ScanSource) -> Scan:
     """Read the DICOM files of ``source`` (one file, one multi-frame file, or one series) as a :class:`Scan`."""
     datasets = [_read_full(path) for path in source.paths]
-    if len(datasets) == 1 and int(datasets[0].get("NumberOfFrames", 1) or 1) > 1:
-        native, lps_affine, headers, frame_order, step = _read_multiframe(datasets[0], source.paths[0])
-    else:
-        native, lps_affine, headers, step = _read_single_frames(datasets, list(source.paths), source.path)
-        frame_order = None
+    with _header_values(source.path):
+        if len(datasets) == 1 and _whole(datasets[0], "NumberOfFrames", source.paths[0], 1) > 1:
+            native, lps_affine, headers, frame_order, step = _read_multiframe(datasets[0], source.paths[0])
+        else:
+            native, lps_affine, headers, step = _read_single_frames(datasets, list(source.paths), source.path)
+            frame_order = None
     check_finite(native, source.path)
+    if not np.all(np.isfinite(lps_affine)) or abs(np.linalg.det(lps_affine[:3, :3])) < 1e-12:
+        raise InvalidScanDataError(
+            source.path, "positions, orientation and spacing give a degenerate or non-finite geometry"
+        )
     native_affine = LPS_TO_RAS @ lps_affine
-    data, ras_affine = to_ras(native, native_affine)
+    data, ras_affine = oriented(native, native_affine, source.path)
     first = headers[0]
     modality = str(first.get("Modality", "OT")).upper()
     meta = {"filename_or_obj": str(source.path)}
@@ -107,21 +209,35 @@ def read_dicom(source: ScanSource) -> Scan:
 
 def _read_full(path: Path) -> pydicom.Dataset:
     ds = _check_object(_dcmread(path, stop_before_pixels=False), path)
-    reason = non_image_reason(ds)
-    if reason is not None:
-        raise UnsupportedScanError(path, reason, fix="sgad-med reads CT and MR image series")
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise UnsupportedScanError(path, "has no pixel data", fix="sgad-med reads CT and MR image series")
-    if int(ds.get("SamplesPerPixel", 1)) != 1:
-        raise UnsupportedScanError(
-            path, f"is a colour image ({ds.get('PhotometricInterpretation')}); sgad-med reads grayscale CT and MR"
-        )
+    with _header_values(path):
+        reason = non_image_reason(ds)
+        if reason is not None:
+            raise UnsupportedScanError(path, reason, fix="sgad-med reads CT and MR image series")
+        if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+            raise UnsupportedScanError(path, "has no pixel data", fix="sgad-med reads CT and MR image series")
+        if _whole(ds, "SamplesPerPixel", path, 1) != 1:
+            raise UnsupportedScanError(
+                path, f"is a colour image ({ds.get('PhotometricInterpretation')}); sgad-med reads grayscale CT and MR"
+            )
+        _check_size(ds, path)
     return ds
+
+
+def _transfer_syntax(ds: pydicom.Dataset, path: Path) -> UID | None:
+    """The declared transfer syntax, refused when it is not one (a damaged or hand-edited file meta)."""
+    file_meta = getattr(ds, "file_meta", None)
+    syntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
+    if syntax is None:
+        return None
+    syntax = UID(str(syntax))
+    if not syntax.is_transfer_syntax:
+        raise UnsupportedScanError(path, f"declares transfer syntax {_show(str(syntax))}, which is not one DICOM has")
+    return syntax
 
 
 def _pixels(ds: pydicom.Dataset, path: Path) -> np.ndarray:
     """Decoded stored values, frames first for multi-frame; clear errors for missing decoders and damage."""
-    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    syntax = _transfer_syntax(ds, path)
     if syntax is not None and syntax.is_compressed:
         from pydicom.pixels import get_decoder
 
@@ -137,7 +253,29 @@ def _pixels(ds: pydicom.Dataset, path: Path) -> np.ndarray:
     try:
         return ds.pixel_array
     except Exception as err:
-        raise ScanReadError(path, f"pixel data cannot be decoded, the file may be truncated ({err})") from err
+        raise ScanReadError(path, f"pixel data cannot be decoded, the file may be truncated ({_reason(err)})") from err
+    except BaseException as err:
+        # pylibjpeg-rle is written in Rust: its panic on damaged data arrives as pyo3's PanicException,
+        # which derives from BaseException; anything else (KeyboardInterrupt, ...) goes on up
+        if type(err).__name__ != "PanicException":
+            raise
+        raise ScanReadError(path, f"pixel data cannot be decoded, the file is damaged ({_reason(err)})") from err
+
+
+def _modality_values(stored: np.ndarray, ds: pydicom.Dataset, path: Path) -> np.ndarray:
+    """Stored values through RescaleSlope/Intercept (or the modality LUT), as float32."""
+    for keyword in ("RescaleSlope", "RescaleIntercept"):
+        if ds.get(keyword) not in (None, ""):
+            _numbers(ds.get(keyword), keyword, path, 1)
+    try:
+        return apply_modality_lut(stored, ds).astype(np.float32)
+    except _VALUE_ERRORS as err:
+        raise InvalidScanDataError(path, f"its modality LUT cannot be applied ({_reason(err)})") from err
+
+
+def _slope(ds: pydicom.Dataset, path: Path) -> float:
+    value = ds.get("RescaleSlope")
+    return 1.0 if value in (None, "") else float(_numbers(value, "RescaleSlope", path, 1)[0])
 
 
 def _quantization_step(ds: pydicom.Dataset, slope: float) -> float:
@@ -156,26 +294,28 @@ def _plane_or_identity(ds: pydicom.Dataset, path: Path) -> tuple[np.ndarray, np.
     """Plane geometry of a lone image; identity directions when it has none (secondary captures and the like)."""
     if "ImageOrientationPatient" in ds and "ImagePositionPatient" in ds and "PixelSpacing" in ds:
         row, col, spacing = plane_geometry(ds, path)
-        return row, col, spacing, np.asarray([float(v) for v in ds.ImagePositionPatient])
+        return row, col, spacing, _position(ds.ImagePositionPatient, path)
     logger.warning("%s: no patient geometry (ImageOrientation/PositionPatient); using identity directions", path)
     spacing = _spacing(ds.get("PixelSpacing", ds.get("ImagerPixelSpacing", [1.0, 1.0])), path)
     return np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0]), spacing, np.zeros(3)
 
 
+def _position(values: Sequence[float], path: Path) -> np.ndarray:
+    return _numbers(values, "ImagePositionPatient", path, 3)
+
+
 def _orientation(values: Sequence[float], path: Path) -> tuple[np.ndarray, np.ndarray]:
-    iop = np.asarray([float(v) for v in values], dtype=np.float64)
-    if iop.shape != (6,) or not np.all(np.isfinite(iop)):
-        raise InvalidScanDataError(path, f"ImageOrientationPatient {list(values)} is not six finite numbers")
+    iop = _numbers(values, "ImageOrientationPatient", path, 6)
     row, col = iop[:3], iop[3:]
     if abs(np.linalg.norm(row) - 1) > 1e-2 or abs(np.linalg.norm(col) - 1) > 1e-2 or abs(row @ col) > 1e-2:
-        raise InvalidScanDataError(path, f"ImageOrientationPatient {list(values)} is not two orthogonal unit vectors")
+        raise InvalidScanDataError(path, f"ImageOrientationPatient {_show(values)} is not two orthogonal unit vectors")
     return row / np.linalg.norm(row), col / np.linalg.norm(col)
 
 
 def _spacing(values: Sequence[float], path: Path) -> np.ndarray:
-    spacing = np.asarray([float(v) for v in values], dtype=np.float64)
-    if spacing.shape != (2,) or not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
-        raise InvalidScanDataError(path, f"PixelSpacing {list(values)} is not two positive numbers")
+    spacing = _numbers(values, "PixelSpacing", path, 2)
+    if np.any(spacing <= 0):
+        raise InvalidScanDataError(path, f"PixelSpacing {_show(values)} is not two positive numbers")
     return spacing
 
 
@@ -189,11 +329,11 @@ def _affine(row: np.ndarray, col: np.ndarray, spacing: np.ndarray, first: np.nda
     return affine
 
 
-def _thickness(ds: pydicom.Dataset) -> float:
+def _thickness(ds: pydicom.Dataset, path: Path) -> float:
     for keyword in ("SpacingBetweenSlices", "SliceThickness"):
         value = ds.get(keyword)
-        if value not in (None, "") and float(value) > 0:
-            return float(value)
+        if value not in (None, "") and (thickness := float(_numbers(value, keyword, path, 1)[0])) > 0:
+            return thickness
     return 1.0
 
 
@@ -228,9 +368,9 @@ def _read_single_frames(
         if stored.ndim != 2:
             raise UnsupportedScanError(path, f"pixel data has shape {stored.shape}; expected one grayscale slice")
         row, col, spacing, first = _plane_or_identity(ds, path)
-        affine = _affine(row, col, spacing, first, np.cross(row, col) * _thickness(ds))
-        values = apply_modality_lut(stored, ds).astype(np.float32)
-        step = _quantization_step(ds, float(ds.get("RescaleSlope", 1)))
+        affine = _affine(row, col, spacing, first, np.cross(row, col) * _thickness(ds, path))
+        values = _modality_values(stored, ds, path)
+        step = _quantization_step(ds, _slope(ds, path))
         return values.T[..., None], affine, [_strip_pixels(ds)], step
 
     geometry = [plane_geometry(ds, path) for ds, path in zip(datasets, paths)]
@@ -244,7 +384,7 @@ def _read_single_frames(
     if any("ImagePositionPatient" not in ds for ds in datasets):
         missing = next(path for ds, path in zip(datasets, paths) if "ImagePositionPatient" not in ds)
         raise InvalidScanDataError(missing, "lacks ImagePositionPatient, so the series cannot be ordered")
-    positions = np.asarray([[float(v) for v in ds.ImagePositionPatient] for ds in datasets])
+    positions = np.asarray([_position(ds.ImagePositionPatient, path) for ds, path in zip(datasets, paths)])
     order = _order_along_normal(positions, np.cross(row, col), paths, folder)
     slices, steps = [], []
     for index in order:
@@ -252,8 +392,8 @@ def _read_single_frames(
         stored = _pixels(ds, path)
         if stored.ndim != 2:
             raise UnsupportedScanError(path, f"pixel data has shape {stored.shape}; expected one grayscale slice")
-        slices.append(apply_modality_lut(stored, ds).astype(np.float32).T)
-        steps.append(_quantization_step(ds, float(ds.get("RescaleSlope", 1))))
+        slices.append(_modality_values(stored, ds, path).T)
+        steps.append(_quantization_step(ds, _slope(ds, path)))
     step_vector = (positions[order[-1]] - positions[order[0]]) / (len(order) - 1)
     affine = _affine(row, col, spacing, positions[order[0]], step_vector)
     headers = [_strip_pixels(datasets[index]) for index in order]
@@ -282,13 +422,24 @@ def _read_multiframe(
     ds: pydicom.Dataset, path: Path
 ) -> tuple[np.ndarray, np.ndarray, list[pydicom.Dataset], list[int], float]:
     stored = _pixels(ds, path)
-    frames = int(ds.NumberOfFrames)
+    frames = _whole(ds, "NumberOfFrames", path, 1)
     if stored.ndim != 3 or stored.shape[0] != frames:
         raise UnsupportedScanError(path, f"pixel data has shape {stored.shape}; expected {frames} grayscale frames")
     if "PerFrameFunctionalGroupsSequence" in ds:
+        per_frame = ds.PerFrameFunctionalGroupsSequence
+        if not isinstance(per_frame, pydicom.Sequence) or len(per_frame) != frames:
+            count = len(per_frame) if isinstance(per_frame, pydicom.Sequence) else "no"
+            raise InvalidScanDataError(
+                path, f"NumberOfFrames is {frames} but the per-frame functional groups describe {count} frames"
+            )
         orientation = functional_group(ds, 0, "PlaneOrientationSequence")
         measures = functional_group(ds, 0, "PixelMeasuresSequence")
-        if orientation is None or measures is None:
+        if (
+            orientation is None
+            or measures is None
+            or "ImageOrientationPatient" not in orientation
+            or "PixelSpacing" not in measures
+        ):
             raise InvalidScanDataError(path, "multi-frame image lacks plane orientation or pixel measures")
         row, col = _orientation(orientation.ImageOrientationPatient, path)
         spacing = _spacing(measures.PixelSpacing, path)
@@ -297,7 +448,7 @@ def _read_multiframe(
             plane = functional_group(ds, frame, "PlanePositionSequence")
             if plane is None or "ImagePositionPatient" not in plane:
                 raise InvalidScanDataError(path, f"frame {frame + 1} has no ImagePositionPatient")
-            positions.append([float(v) for v in plane.ImagePositionPatient])
+            positions.append(_position(plane.ImagePositionPatient, path))
         positions_array = np.asarray(positions)
         frame_paths = [Path(f"{path.name} frame {i + 1}") for i in range(frames)]
         order = _order_along_normal(positions_array, np.cross(row, col), frame_paths, path)
@@ -305,7 +456,7 @@ def _read_multiframe(
         first = positions_array[order[0]]
     else:  # a classic multi-frame image: frames are equally spaced along the normal of one plane
         row, col, spacing, first = _plane_or_identity(ds, path)
-        step_vector = np.cross(row, col) * _thickness(ds)
+        step_vector = np.cross(row, col) * _thickness(ds, path)
         order = np.arange(frames)
     volume, steps = [], []
     for frame in order:

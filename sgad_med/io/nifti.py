@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import io
+import struct
 import zlib
 from pathlib import Path
 
@@ -21,7 +23,19 @@ from sgad_med.transforms.intensity import quantization_step
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 # Above this many voxels (16 GiB of float32) a header is taken as corrupt rather than as a scan to load.
 MAX_VOXELS = 2**32
-_READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile, nib.filebasedimages.ImageFileError)
+# Deflate cannot compress more than about 1032:1, so a .nii.gz of n bytes holds at most this many times n.
+_DEFLATE_MAX_RATIO = 1032
+_READ_ERRORS = (
+    OSError,
+    EOFError,
+    ValueError,
+    OverflowError,
+    zlib.error,
+    gzip.BadGzipFile,
+    nib.filebasedimages.ImageFileError,
+    nib.spatialimages.HeaderDataError,  # nibabel's check of datatype, vox_offset, ... on load
+    nib.wrapstruct.WrapStructError,
+)
 
 
 def is_nifti(path: Path) -> bool:
@@ -32,6 +46,7 @@ def is_nifti(path: Path) -> bool:
 def nifti_header(path: Path) -> nib.Nifti1Image:
     """Open a NIfTI file (header only; voxels stay on disk) and check its size is one a scan can have."""
     try:
+        _check_extensions(path)
         image = nib.load(path)
     except _READ_ERRORS as err:
         raise ScanReadError(path, f"not a readable NIfTI file ({type(err).__name__}: {err})") from err
@@ -40,9 +55,68 @@ def nifti_header(path: Path) -> nib.Nifti1Image:
         raise InvalidScanDataError(path, f"header gives an image of shape {shape}; a scan needs 2 or 3 non-empty axes")
     if int(np.prod(shape, dtype=np.float64)) > MAX_VOXELS:
         raise InvalidScanDataError(path, f"header gives an absurd image size {shape}; the header is probably corrupt")
+    dtype = image.get_data_dtype()
+    if dtype.fields is not None or dtype.kind not in "biuf":
+        raise UnsupportedScanError(path, f"stores voxels as {dtype}; sgad-med reads grayscale (integer or float) data")
+    _check_data_fits(image, path)
     if not np.all(np.isfinite(image.affine)) or abs(np.linalg.det(image.affine[:3, :3])) < 1e-12:
         raise InvalidScanDataError(path, "header holds a degenerate or non-finite affine (sform/qform)")
     return image
+
+
+def _read_head(path: Path, size: int) -> bytes:
+    """Up to ``size`` bytes from the start of the (decompressed) file, read in chunks: a file object's
+    ``read(n)`` allocates ``n`` bytes before reading, whatever the file holds."""
+    chunks, total = [], 0
+    with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as file:
+        while total < size:
+            chunk = file.read(min(1 << 20, size - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    return b"".join(chunks)
+
+
+def _check_extensions(path: Path) -> None:
+    """Parse the header's extensions from a bounded copy of the header before nibabel reads the file.
+
+    nibabel reads each extension with one ``read`` of the size the extension claims, so one damaged size field
+    would allocate up to 2 GiB; parsed from bytes already in memory, a claim beyond them fails instead.
+    """
+    head = _read_head(path, 544)
+    for klass in (nib.Nifti1Header, nib.Nifti2Header):
+        size = klass.template_dtype.itemsize
+        if len(head) < 4 or size not in (struct.unpack("<i", head[:4])[0], struct.unpack(">i", head[:4])[0]):
+            continue  # not this header (or not NIfTI at all, which nibabel then says)
+        if len(head) < size + 4 or head[size] == 0:
+            return  # no extensions
+        offset = float(klass(head[:size], check=False)["vox_offset"])
+        if not np.isfinite(offset) or offset < size + 4:  # nibabel would read extensions up to the end of the file
+            raise InvalidScanDataError(
+                path, f"header flags extensions but gives vox_offset {offset}, leaving no room for them; it is corrupt"
+            )
+        klass.from_fileobj(io.BytesIO(_read_head(path, int(min(offset, path.stat().st_size * _DEFLATE_MAX_RATIO)))))
+        return
+
+
+def _check_data_fits(image: nib.Nifti1Image, path: Path) -> None:
+    """Refuse a header whose voxels the file cannot hold, before nibabel allocates what the header claims."""
+    need = int(image.header.get_data_offset()) + int(np.prod(image.shape)) * image.get_data_dtype().itemsize
+    size = path.stat().st_size
+    if path.name.lower().endswith(".gz"):
+        if need > size * _DEFLATE_MAX_RATIO:
+            raise InvalidScanDataError(
+                path,
+                f"header gives {image.shape} voxels of {image.get_data_dtype()} ({need} bytes), more than a gzip "
+                f"file of {size} bytes can hold; the header is corrupt",
+            )
+    elif need > size:
+        raise ScanReadError(
+            path,
+            f"header gives {image.shape} voxels of {image.get_data_dtype()} ending at byte {need}, but the file "
+            f"holds {size} bytes; it is truncated or its header is corrupt",
+        )
 
 
 def nifti_volume_count(path: Path) -> int:
@@ -87,11 +161,15 @@ def read_nifti(source: ScanSource) -> Scan:
     except _READ_ERRORS as err:
         problem = f"voxel data cannot be read, the file may be truncated ({type(err).__name__}: {err})"
         raise ScanReadError(path, problem) from err
+    while native.ndim > 3 and native.shape[-1] == 1:  # a 4D (or 5D) file of a single volume is that volume
+        native = native[..., 0]
     if native.ndim == 2:
         native = native[..., None]
+    if native.ndim != 3:
+        raise UnsupportedScanError(path, f"voxel data has shape {native.shape}; expected one 2D or 3D volume")
     check_finite(native, path)
     native_affine = header.affine.astype(np.float64)
-    data, ras_affine = to_ras(native, native_affine)
+    data, ras_affine = oriented(native, native_affine, path)
     meta = {"filename_or_obj": str(path)}
     image = MetaTensor(torch.from_numpy(data)[None], affine=torch.as_tensor(ras_affine), meta=meta)
     return Scan(
@@ -102,6 +180,15 @@ def read_nifti(source: ScanSource) -> Scan:
         native_affine=native_affine,
         quantization_step=quantization_step(header.get_data_dtype(), header.dataobj.slope),
     )
+
+
+def oriented(native: np.ndarray, affine: np.ndarray, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`to_ras`, refusing geometry no scan has (axes whose sizes differ by hundreds of orders of magnitude)."""
+    try:
+        return to_ras(native, affine)
+    except nib.orientations.OrientationError as err:
+        spacing = ", ".join(f"{s:.3g}" for s in np.linalg.norm(affine[:3, :3], axis=0))
+        raise InvalidScanDataError(path, f"voxel sizes ({spacing} mm) give no usable orientation ({err})") from err
 
 
 def check_finite(voxels: np.ndarray, path: Path) -> None:
