@@ -120,6 +120,7 @@ class BatchRunner:
         rank: int | None = None,
         world_size: int | None = None,
         on_unsupported: str = "skip",
+        deidentify: bool = False,
     ) -> None:
         if format not in FORMATS:
             raise SGADError(None, f"unknown output format {format!r}", fix=f"use one of {', '.join(FORMATS)}")
@@ -127,6 +128,7 @@ class BatchRunner:
             raise SGADError(None, f"unknown --on-unsupported {on_unsupported!r}",
                             fix=f"use one of {', '.join(ON_UNSUPPORTED)}")
         self.on_unsupported = on_unsupported
+        self.deidentify = bool(deidentify)
         env_rank, env_world, _ = dist_env()
         self.rank = env_rank if rank is None else int(rank)
         self.world_size = env_world if world_size is None else int(world_size)
@@ -371,15 +373,32 @@ class BatchRunner:
         """Write the derived series and the Key Object Selection; say what was written and, if not, why."""
         from sgad_med.io.key_object import write_key_object
 
-        files = save_scan(result.corrected, folder, format="dicom", description="corrected")
-        key_object = write_key_object(scan, result, folder / "KO00001.dcm", derived_files=files)
-        written = {"derived_series": f"{folder.name}/", "files": len(files), "key_object": None, "note": None}
+        salt = self._deidentify_salt() if self.deidentify else None
+        files = save_scan(result.corrected, folder, format="dicom", description="corrected", deidentify_salt=salt)
+        key_object = write_key_object(scan, result, folder / "KO00001.dcm", derived_files=files,
+                                      deidentified=self.deidentify)
+        written = {"derived_series": f"{folder.name}/", "files": len(files), "key_object": None, "note": None,
+                   "deidentified": self.deidentify}
         if key_object is None:  # a Key Object Selection must reference at least one image
             written["note"] = ("no Key Object Selection written: no slice was flagged, and a Key Object Selection "
                                "must reference at least one image")
         else:
             written["key_object"] = f"{folder.name}/{key_object.name}"
         return written
+
+    def _deidentify_salt(self) -> str:
+        """The secret that makes this output folder's pseudonyms and replacement UIDs: made once, kept in
+        ``DIR/.deidentify-key`` (0600) so that re-runs and resumed runs into ``DIR`` stay consistent, and runs into
+        other folders cannot be linked to them. Delete it to make the pseudonyms irreversible for good."""
+        import secrets
+
+        with self._report_lock:
+            key = self.out_dir / ".deidentify-key"
+            if not key.is_file():
+                with atomic_file(key) as tmp:
+                    tmp.write_text(secrets.token_hex(16))
+                    os.chmod(tmp, 0o600)
+            return key.read_text().strip()
 
     def _publish(self, tmp: Path, target: Path) -> None:
         """Rename the finished temporary folder to ``target``, replacing an old one (``--overwrite``)."""

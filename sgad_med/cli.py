@@ -186,13 +186,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     options = {"harmonize": not args.no_harmonize, "threshold": args.threshold, "batch_size": args.batch_size,
                "restore_policy": args.restore, "slice_axis": args.slice_axis}
     settings = {"bundles": str(bundles), "device": str(device), "format": args.format, "workers": args.workers,
-                "world_size": world_size, "on_unsupported": args.on_unsupported, **options}
+                "world_size": world_size, "on_unsupported": args.on_unsupported, "deidentify": args.deidentify,
+                **options}
 
     def make_pipeline() -> SGADPipeline:
         return SGADPipeline.from_bundles(bundles, device=device, **options)
 
     runner = BatchRunner(make_pipeline, args.out, format=args.format, overwrite=args.overwrite, workers=args.workers,
-                         quiet=args.quiet, debug=args.debug, settings=settings, on_unsupported=args.on_unsupported)
+                         quiet=args.quiet, debug=args.debug, settings=settings, on_unsupported=args.on_unsupported,
+                         deidentify=args.deidentify)
     try:
         entries = runner.run(args.inputs)
     except SGADError as err:
@@ -291,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="restore the flagged slices (default) or none (detection only)")
     run.add_argument("--bundles", default=None,
                      help="folder holding the bundles (default: ./bundles, else the one beside the package)")
+    run.add_argument("--deidentify", action="store_true",
+                     help="DICOM outputs without the patient's identity (PS3.15 Annex E basic profile: names, IDs, "
+                          "dates, institution removed or replaced, UIDs replaced consistently, private tags removed)")
     run.add_argument("--slice-axis", default="auto", type=_slice_axis,
                      help="auto (default: the acquisition plane: the largest spacing, else the source's slice axis), "
                           "axial, coronal or sagittal")

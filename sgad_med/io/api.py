@@ -62,6 +62,7 @@ def save_scan(
     format: Literal["auto", "nifti", "dicom"] = "auto",
     description: str = "processed",
     overwrite: bool = False,
+    deidentify_salt: str | None = None,
 ) -> list[Path]:
     """Write a scan as NIfTI (the input's affine and shape) or as a DICOM series.
 
@@ -74,6 +75,8 @@ def save_scan(
         format: ``"nifti"``, ``"dicom"``, or ``"auto"`` (NIfTI when the name ends in .nii/.nii.gz, else DICOM).
         description: for DICOM, what was done to the scan (SeriesDescription, DerivationDescription).
         overwrite: replace an existing output.
+        deidentify_salt: for a derived DICOM series, de-identify it (PS3.15 Annex E basic profile, see
+            :mod:`sgad_med.io.deidentify`) with this salt; ``None`` keeps the source's patient and study identity.
 
     Returns:
         The files written.
@@ -88,7 +91,8 @@ def save_scan(
     if format != "dicom":
         raise ScanWriteError(path, f"unknown format {format!r}", fix="use 'nifti' or 'dicom'")
     if scan.dicom_headers:
-        return write_derived_series(scan, path, description=description, overwrite=overwrite)
+        return write_derived_series(scan, path, description=description, overwrite=overwrite,
+                                    deidentify_salt=deidentify_salt)
     volume = scan.image.detach().cpu().numpy()[0]
     modality = scan.modality if scan.modality in ("CT", "MR") else "MR"
     return write_new_series(volume, scan.affine, path, modality=modality, overwrite=overwrite)

@@ -14,6 +14,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from sgad_med.errors import ScanWriteError
 from sgad_med.io.atomic import atomic_dir
+from sgad_med.io.deidentify import deidentify
 from sgad_med.io.dicom_read import LPS_TO_RAS, frame_rescale
 from sgad_med.io.orientation import from_ras
 from sgad_med.io.scan import Scan
@@ -190,7 +191,11 @@ def _finish(ds: pydicom.Dataset, sop_uid: str, pixels: np.ndarray) -> None:
 
 
 def write_derived_series(
-    scan: Scan, folder: str | Path, description: str = "processed", overwrite: bool = False
+    scan: Scan,
+    folder: str | Path,
+    description: str = "processed",
+    overwrite: bool = False,
+    deidentify_salt: str | None = None,
 ) -> list[Path]:
     """Write ``scan`` as a DERIVED\\SECONDARY series beside its DICOM source.
 
@@ -204,6 +209,8 @@ def write_derived_series(
         folder: the folder to create; it appears complete or not at all.
         description: what was done, e.g. ``"harmonized"``; goes into SeriesDescription and DerivationDescription.
         overwrite: replace an existing folder.
+        deidentify_salt: de-identify the files (:func:`sgad_med.io.deidentify.deidentify`, PS3.15 Annex E basic
+            profile) with this salt for the replacement UIDs and pseudonyms; ``None`` keeps the source's identity.
 
     Returns:
         The files written, in slice order.
@@ -230,6 +237,8 @@ def write_derived_series(
             for frame in range(len(order)):
                 frames[frame] = _to_stored(values[frame], ds, *rescales[frame])
             _mark_derived(ds, series_uid, description, series_number)
+            if deidentify_salt is not None:
+                deidentify(ds, deidentify_salt)
             _finish(ds, generate_uid(), frames)
             written.append(tmp / "IM00001.dcm")
             ds.save_as(written[-1], enforce_file_format=True)
@@ -253,6 +262,8 @@ def write_derived_series(
                 source_ref.ReferencedSOPInstanceUID = source.SOPInstanceUID
                 _mark_derived(ds, series_uid, description, series_number)
                 ds.SourceImageSequence = Sequence([source_ref])
+                if deidentify_salt is not None:
+                    deidentify(ds, deidentify_salt)
                 _finish(ds, generate_uid(), pixels)
                 written.append(tmp / f"IM{k + 1:05d}.dcm")
                 ds.save_as(written[-1], enforce_file_format=True)

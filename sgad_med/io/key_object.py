@@ -119,7 +119,8 @@ def _note(scan: Scan, result: Result, flagged: list[int], per_slice: bool) -> st
 
 
 def write_key_object(
-    scan: Scan, result: Result, path: str | os.PathLike, derived_files: list[Path] | None = None
+    scan: Scan, result: Result, path: str | os.PathLike, derived_files: list[Path] | None = None,
+    deidentified: bool = False,
 ) -> Path | None:
     """Write a Key Object Selection document (KO) that references the flagged slices of ``scan``.
 
@@ -135,6 +136,8 @@ def write_key_object(
         path: the ``.dcm`` file to write; it appears atomically (an existing file is replaced).
         derived_files: the files of the derived series, in the order ``save_scan`` returned them (one per
             source instance), or ``None`` to reference the source instances.
+        deidentified: ``derived_files`` were de-identified: the document takes their (replaced) identity, never
+            the source's, and says so (Patient Identity Removed).
 
     Returns:
         The file written, or ``None`` when no slice is flagged (a KO must reference something; nothing is written).
@@ -154,6 +157,9 @@ def write_key_object(
     flagged = [int(k) for k in np.flatnonzero(np.asarray(result.flagged))]
     if not flagged:
         return None
+    if deidentified and derived_files is None:
+        raise ScanWriteError(path, "a de-identified Key Object Selection must reference de-identified files",
+                             fix="pass the derived series written with a deidentify salt as derived_files")
     if derived_files is not None:
         if len(derived_files) != len(scan.dicom_headers):
             raise ScanWriteError(
@@ -193,6 +199,10 @@ def write_key_object(
         manufacturer="sgad-med",
     )
     document.SeriesDescription = "sgad-med flagged slices"
+    if deidentified:
+        from sgad_med.io.deidentify import mark_deidentified
+
+        mark_deidentified(document)
     with atomic_file(path, overwrite=True) as tmp:
         document.save_as(tmp, enforce_file_format=True)
     return path
