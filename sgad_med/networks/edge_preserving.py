@@ -54,7 +54,11 @@ def guided_filter(guide: torch.Tensor, source: torch.Tensor, radius: int, eps: t
     mean_source = box_filter(source, radius)
     covariance = box_filter(guide * source, radius) - mean_guide * mean_source
     variance = (box_filter(guide * guide, radius) - mean_guide * mean_guide).clamp_min(0.0)
-    a = covariance / (variance + eps)
+    # the same sum either way; the branches only let TorchScript resolve the union type
+    if isinstance(eps, torch.Tensor):
+        a = covariance / (variance + eps)
+    else:
+        a = covariance / (variance + eps)
     b = mean_source - a * mean_guide
     return box_filter(a, radius) * guide + box_filter(b, radius)
 
@@ -122,6 +126,7 @@ class EdgePreservingGenerator(nn.Module):
         super().__init__()
         self.context = int(context)
         self.knots, self.grid, self.thumbnail = int(knots), int(grid), int(thumbnail)
+        self.fine_grid = self.grid * _FINE_PER_CELL  # side of the bicubically refined grid (see forward)
         self.filter_radius = int(filter_radius)
         self.log_eps_range = (math.log(eps_range[0]), math.log(eps_range[1]))
         self.max_log_bias, self.lut_range = float(max_log_bias), float(lut_range)
@@ -185,7 +190,7 @@ class EdgePreservingGenerator(nn.Module):
         denoised = self.denoise(centre, coefficients["eps"]).clamp(0.0, 1.0)
         # Bicubic from the grid to a finer one (no kinks at cell borders), then one trilinear lookup per pixel
         # in (x, y, intensity): HDRNet's "slicing", 8 taps a pixel instead of a full-resolution table per knot.
-        fine = (self.grid * _FINE_PER_CELL,) * 2
+        fine = [self.fine_grid, self.fine_grid]
         lut = F.interpolate(coefficients["lut"], size=fine, mode="bicubic", align_corners=False)
         log_bias = F.interpolate(coefficients["log_bias"], size=fine, mode="bicubic", align_corners=False)
         ys = torch.linspace(-1.0, 1.0, height, device=stack.device, dtype=stack.dtype)

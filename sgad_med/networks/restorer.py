@@ -61,6 +61,10 @@ class SliceRestorationNet(nn.Module):
         clean = net(torch.rand(4, 5, 112, 128))   # -> (4, 1, 112, 128)
     """
 
+    # training-time bookkeeping, left out of TorchScript exports (see forward)
+    __jit_ignored_attributes__ = ["last_gate_logits", "last_kept", "last_alternative"]
+    __jit_unused_properties__ = ["last_gate"]
+
     def __init__(
         self,
         context: int = 2,
@@ -109,14 +113,19 @@ class SliceRestorationNet(nn.Module):
         neighbours = 0.5 * (stack[:, c - 1 : c] + stack[:, c + 1 : c + 2])
         if not (self.align or self.repair):
             return centre, neighbours, self.unet(stack)
-        kept = centre[:, 0]
+        kept = self._repaired(centre[:, 0], neighbours[:, 0])[:, None]
+        return kept, neighbours, self.unet(torch.cat([stack, kept], dim=1))
+
+    def _repaired(self, kept: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
+        """Slices k ``[N, H, W]`` repaired (``repair``) and re-registered (``align``) against the mean of their
+        nearest neighbours ``[N, H, W]``, without gradients. (A method of its own: TorchScript cannot compile the
+        ``no_grad`` block after the early return above.)"""
         with torch.no_grad():
             if self.repair:
-                kept = desaturate(despike(kept, neighbours[:, 0]), neighbours[:, 0])
+                kept = desaturate(despike(kept, neighbours), neighbours)
             if self.align:
-                kept = align_to_reference(kept, neighbours[:, 0], self.max_shift)
-        kept = kept[:, None]
-        return kept, neighbours, self.unet(torch.cat([stack, kept], dim=1))
+                kept = align_to_reference(kept, neighbours, self.max_shift)
+        return kept
 
     def gate_map(self, stack: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The gate ``g`` ``[N, 1, H, W]`` for a stack (the share of each pixel kept, 1: kept) and the slice it keeps
@@ -131,11 +140,14 @@ class SliceRestorationNet(nn.Module):
         if not self.gated:
             return centre + out
         gate = torch.sigmoid(out[:, :1])
-        # kept for RestorationLoss's keep and gate terms during training only (not held on to at inference)
-        self.last_gate_logits = out[:, :1] if self.training else None
-        self.last_kept = centre if self.training else None
+        # kept for RestorationLoss's keep and gate terms during training only (not held on to at inference);
+        # not in TorchScript (inference only), which cannot type these Optional attributes
+        if not torch.jit.is_scripting():
+            self.last_gate_logits = out[:, :1] if self.training else None
+            self.last_kept = centre if self.training else None
         if self.gate_residual:
             alternative = neighbours + out[:, 1:]
-            self.last_alternative = alternative if self.training else None
+            if not torch.jit.is_scripting():
+                self.last_alternative = alternative if self.training else None
             return gate * centre + (1.0 - gate) * alternative
         return gate * centre + (1.0 - gate) * neighbours + out[:, 1:]

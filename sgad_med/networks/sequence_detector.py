@@ -113,6 +113,7 @@ class SliceSequenceNet(nn.Module):
             channels += [slices - previous, slices - following]
         return torch.cat(channels, dim=1)
 
+    @torch.jit.export
     def encode(self, slices: torch.Tensor, previous: torch.Tensor | None = None,
                following: torch.Tensor | None = None) -> torch.Tensor:
         """Features ``[N, F]`` of slices ``[N, H, W]`` (any H, W; the encoder pools globally).
@@ -127,6 +128,7 @@ class SliceSequenceNet(nn.Module):
         maps = self.encoder(self._inputs(slices[:, None], previous, following))
         return torch.cat([maps.mean(dim=(-2, -1)), maps.amax(dim=(-2, -1))], dim=1)
 
+    @torch.jit.export
     def sequence_logits(self, features: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, D]`` from the slices' features ``[B, D, F]`` (in slice order)."""
         median = features.median(dim=1, keepdim=True).values
@@ -135,17 +137,20 @@ class SliceSequenceNet(nn.Module):
 
     def forward(self, volumes: torch.Tensor) -> torch.Tensor:
         """Uncalibrated logits ``[B, D]`` of scans ``[B, D, H, W]`` (slice axis first): the training output."""
-        batch, depth = volumes.shape[:2]
+        batch, depth, height, width = volumes.shape[0], volumes.shape[1], volumes.shape[-2], volumes.shape[-1]
         previous = torch.cat([volumes[:, :1], volumes[:, :-1]], dim=1)
         following = torch.cat([volumes[:, 1:], volumes[:, -1:]], dim=1)
-        flat = (v.reshape(batch * depth, *volumes.shape[-2:]) for v in (volumes, previous, following))
-        features = self.encode(*flat)
+        features = self.encode(volumes.reshape(batch * depth, height, width),
+                               previous.reshape(batch * depth, height, width),
+                               following.reshape(batch * depth, height, width))
         return self.sequence_logits(features.reshape(batch, depth, -1))
 
+    @torch.jit.export
     def calibrated_probability(self, logits: torch.Tensor) -> torch.Tensor:
         """``sigmoid(logit / temperature)``: the calibrated probability of each slice being damaged."""
         return torch.sigmoid(logits / self.temperature)
 
+    @torch.jit.export
     def probability(self, volumes: torch.Tensor) -> torch.Tensor:
         """Calibrated probabilities ``[B, D]`` of scans ``[B, D, H, W]``."""
         return self.calibrated_probability(self(volumes))

@@ -33,6 +33,8 @@ def phase_correlation_shift(
         ``reference``.
     """
     if moving.shape != reference.shape or moving.ndim != 3:
+        if torch.jit.is_scripting():  # TorchScript cannot format shapes as tuples
+            raise ValueError("need two [B, H, W] batches of the same shape")
         raise ValueError(f"need two [B, H, W] batches of the same shape, got {tuple(moving.shape)} and "
                          f"{tuple(reference.shape)}")
     cross = torch.fft.fft2(reference.float()) * torch.conj(torch.fft.fft2(moving.float()))
@@ -52,8 +54,10 @@ def translate(images: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     """``images`` ``[B, H, W]`` translated by whole pixels ``shifts`` ``[B, 2]`` (dy, dx), zero-filled (no
     wrap-around); a zero shift returns the image bit for bit."""
     out = torch.zeros_like(images)
-    h, w = images.shape[-2:]
-    for b, (dy, dx) in enumerate(shifts.tolist()):
+    h, w = images.shape[-2], images.shape[-1]
+    rows: list[list[int]] = shifts.tolist()  # annotated for TorchScript
+    for b, shift in enumerate(rows):
+        dy, dx = shift[0], shift[1]
         out[b, max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = images[
             b, max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
         ]

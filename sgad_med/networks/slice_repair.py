@@ -30,6 +30,8 @@ def _radial_frequency(h: int, w: int, device: torch.device) -> torch.Tensor:
 
 def _check_batches(slices: torch.Tensor, reference: torch.Tensor) -> None:
     if slices.shape != reference.shape or slices.ndim != 3:
+        if torch.jit.is_scripting():  # TorchScript cannot format shapes as tuples
+            raise ValueError("need two [B, H, W] batches of the same shape")
         raise ValueError(f"need two [B, H, W] batches of the same shape, got {tuple(slices.shape)} and "
                          f"{tuple(reference.shape)}")
 
