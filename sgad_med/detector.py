@@ -11,6 +11,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,6 +63,30 @@ class SliceAnomalyDetector(SliceNetworkRunner):
     """
 
     default_bundle = "bundles/slice_anomaly_detection"
+
+    #: What encodes the slices: the network's own ``encode``, or an :class:`~sgad_med.export.OnnxEncoder` of it
+    #: (see :meth:`use_onnx_encoder`). ``None``: the network's.
+    onnx_encoder: Any = None
+
+    @property
+    def encoder(self) -> Any:
+        """The callable that encodes slices ``(slices, previous, following) -> features``."""
+        return self.onnx_encoder if self.onnx_encoder is not None else self.network.encode
+
+    @property
+    def runtime(self) -> str:
+        """``"onnxruntime"`` when ONNX Runtime encodes the slices, else ``"torch"``."""
+        return "onnxruntime" if self.onnx_encoder is not None else "torch"
+
+    def use_onnx_encoder(self, bundle: str | os.PathLike, weights: str | os.PathLike | None = None) -> bool:
+        """Encode slices with ONNX Runtime when it is installed, the device is the CPU, the network is the
+        sequence network and the bundle's ``models/encoder.onnx`` was exported from these weights (the same
+        features within 4e-6, ``tests/test_export.py``). Returns whether it does."""
+        from sgad_med.export import OnnxEncoder, matching_onnx_encoder
+
+        path = matching_onnx_encoder(bundle, weights) if self.device.type == "cpu" and self.is_sequence else None
+        self.onnx_encoder = OnnxEncoder(path) if path is not None else None
+        return self.onnx_encoder is not None
 
     def __init__(self, network: nn.Module, device: str | torch.device = "auto", batch_size: int = 32,
                  threshold: float | None = None, progress: bool = False, inferer: Inferer | None = None,
@@ -143,7 +168,7 @@ class SliceAnomalyDetector(SliceNetworkRunner):
             previous = slices[(chosen - 1).clamp_min(0)].to(self.device)  # the ends are their own outer neighbours
             following = slices[(chosen + 1).clamp_max(depth - 1)].to(self.device)
             with torch.autocast("cuda", enabled=self.device.type == "cuda"):
-                features.append(self.inferer(batch, self.network.encode, previous, following).float())
+                features.append(self.inferer(batch, self.encoder, previous, following).float().to(self.device))
         return self.network.sequence_logits(torch.cat(features)[None])[0].float().cpu()
 
     @torch.no_grad()

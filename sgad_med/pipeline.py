@@ -206,6 +206,8 @@ class SGADPipeline:
             if self.device is not None and hasattr(component, "network"):
                 component.network = component.network.to(self.device)
                 component.device = self.device
+                if self.device.type != "cpu" and getattr(component, "onnx_encoder", None) is not None:
+                    component.onnx_encoder = None  # ONNX Runtime serves the CPU only: the GPU runs the network
             if batch_size is not None:
                 component.batch_size = int(batch_size)
             component.progress = progress
@@ -238,6 +240,9 @@ class SGADPipeline:
             device: where the networks run (``"auto"``: CUDA when present).
             options: the other arguments of :class:`SGADPipeline` (``harmonize``, ``threshold``,
                 ``restore_policy``, ``batch_size``, ``progress``). Components not needed are not loaded.
+                ``runtime="torch"`` keeps the detector's slice encoder in PyTorch; the default ``"auto"`` runs
+                it in ONNX Runtime on the CPU when that is installed (the ``fast`` extra) and the bundle ships an
+                export of its weights (``models/encoder.onnx``).
 
         Raises:
             SGADError: the folder or one of the bundles (config or weights) is missing.
@@ -257,8 +262,13 @@ class SGADPipeline:
             if needed[role] and not (root / name).is_dir():
                 raise SGADError(root / name, f"the {role} bundle is missing",
                                 fix=f"put the {name} bundle in {root} or pass another bundles folder")
+        runtime = options.pop("runtime", "auto")
+        if runtime not in ("auto", "torch"):
+            raise SGADError(None, f"unknown runtime {runtime!r}", fix="use 'auto' or 'torch'")
         harmonizer = Harmonizer.from_bundle(root / BUNDLE_NAMES["harmonizer"], device) if needed["harmonizer"] else None
         detector = SliceAnomalyDetector.from_bundle(root / BUNDLE_NAMES["detector"], device)
+        if runtime == "auto":
+            detector.use_onnx_encoder(root / BUNDLE_NAMES["detector"])
         restorer = SliceRestorer.from_bundle(root / BUNDLE_NAMES["restorer"], device) if needed["restorer"] else None
         return cls(harmonizer, detector, restorer, device=device, **options)
 
@@ -291,6 +301,7 @@ class SGADPipeline:
             "slice_axis": str(self.slice_axis),
             "keep_background": self.keep_background,
             "device": str(self.device if self.device is not None else self.detector.device),
+            "detector_runtime": getattr(self.detector, "runtime", "torch"),
             "batch_size": {name: int(c.batch_size) for name, c in zip(("harmonizer", "detector", "restorer"),
                            (self.harmonizer, self.detector, self.restorer)) if c is not None},
         }

@@ -105,3 +105,32 @@ def test_the_detector_encoder_in_onnx_runtime_matches_the_eager_encoder(tmp_path
                                      "following": following.numpy()})
     with torch.no_grad():
         np.testing.assert_allclose(features, eager.encode(slices, previous, following).numpy(), atol=1e-4, rtol=0)
+
+
+def test_the_shipped_encoder_export_matches_the_shipped_weights_and_scores_alike():
+    """models/encoder.onnx is what the pipeline runs in ONNX Runtime: it must be an export of models/model.pt."""
+    pytest.importorskip("onnxruntime", reason="onnxruntime (the fast and test extras) is not installed")
+    from sgad_med.export import matching_onnx_encoder
+
+    bundle = BUNDLES / "slice_anomaly_detection"
+    assert matching_onnx_encoder(bundle) == bundle / "models" / "encoder.onnx", (
+        "encoder.onnx is missing or stale: re-export it with sgad_med.export.export_onnx after training")
+    volume = torch.rand(40, 36, 12, generator=torch.Generator().manual_seed(0))
+    eager = SliceAnomalyDetector.from_bundle(bundle, "cpu")
+    fast = SliceAnomalyDetector.from_bundle(bundle, "cpu")
+    assert fast.use_onnx_encoder(bundle) and fast.runtime == "onnxruntime" and eager.runtime == "torch"
+    np.testing.assert_allclose(fast.score01(volume), eager.score01(volume), atol=1e-5)
+
+
+def test_a_stale_encoder_export_is_never_used(tmp_path):
+    pytest.importorskip("onnxruntime", reason="onnxruntime (the fast and test extras) is not installed")
+    import shutil
+
+    bundle = tmp_path / "slice_anomaly_detection"
+    shutil.copytree(BUNDLES / "slice_anomaly_detection", bundle)
+    network, _ = load_bundle_network(bundle, "cpu")
+    with torch.no_grad():
+        next(network.parameters()).add_(0.01)  # other weights than the export was made from
+    torch.save(network.state_dict(), bundle / "models" / "model.pt")
+    detector = SliceAnomalyDetector.from_bundle(bundle, "cpu")
+    assert not detector.use_onnx_encoder(bundle) and detector.runtime == "torch"
