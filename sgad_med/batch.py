@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from sgad_med.errors import SGADError, UnsupportedScanError
 from sgad_med.io import Scan, ScanSource, discover_scans, load_scan, save_scan
-from sgad_med.io.atomic import atomic_file
+from sgad_med.io.atomic import atomic_file, disk_full_error, is_disk_full
 from sgad_med.io.domain import ON_UNSUPPORTED, unsupported_reason
 from sgad_med.io.slice_axis import choose_slice_axis
 from sgad_med.pipeline import Result, SGADPipeline
@@ -45,6 +45,8 @@ from sgad_med.pipeline import Result, SGADPipeline
 FORMATS = ("nifti", "dicom", "both")
 FINISHED_MARKER = "report.json"  # written last inside the temporary folder: its presence means "complete"
 MANIFEST = "manifest.json"
+RUN_REPORT = "report.html"
+DISK_FULL_FIX = "free some space or choose another --out, then run again: finished scans are kept"
 SLICE_PROGRESS_MAX_SCANS = 20  # above this many scans to process, only the bar over scans is shown
 # A rank that finishes early waits at the final barrier for the slowest; gloo's default (30 min) is too short.
 BARRIER_TIMEOUT = timedelta(days=7)
@@ -179,14 +181,29 @@ class BatchRunner:
         if self.world_size > 1:
             entries, self._exit_code = self._merge_ranks(entries)
         else:
-            self._finish(entries)
-            self._exit_code = _exit_code(entries)
+            written = self._finish(entries)
+            self._exit_code = max(_exit_code(entries), 0 if written else 1)
         self.entries = entries
         return entries
 
-    def _finish(self, entries: list[dict[str, Any]]) -> None:
-        self.write_manifest(entries)
-        self.write_run_report(entries)
+    def _finish(self, entries: list[dict[str, Any]]) -> bool:
+        """Write manifest.json and report.html; ``False`` when the disk was too full for them.
+
+        A full disk at the very end must not turn the scans already written into a traceback: each file is
+        written atomically (an older complete one stays, or none), the problem is said on stderr, and the run
+        exits 1.
+        """
+        written = True
+        for name, write in ((MANIFEST, self.write_manifest), (RUN_REPORT, self.write_run_report)):
+            try:
+                write(entries)
+            except Exception as err:
+                if not is_disk_full(err):
+                    raise
+                written = False
+                print(f"error: {name} not written: {disk_full_error(self.out_dir, fix=DISK_FULL_FIX)}",
+                      file=sys.stderr)
+        return written
 
     def discover(self, inputs: Sequence[str | os.PathLike]) -> tuple[list[ScanSource], list[dict[str, Any]]]:
         """Every scan in the inputs, once, with ids unique across inputs; failed entries for missing inputs."""
@@ -327,6 +344,13 @@ class BatchRunner:
             stem, _, pid = path.name[len(".tmp-"):].rpartition("-")
             if stem in scan_ids and pid.isdigit() and path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
+        if self.rank == 0:
+            # A run killed while writing manifest.json or report.html (atomic_file's ".tmp-<name>.*") leaves that
+            # file; only rank 0 writes them, after every rank has passed this point, so any such file is stale.
+            for name in (MANIFEST, RUN_REPORT):
+                for path in self.out_dir.glob(f".tmp-{name}.*"):
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
 
     def _write(self, source: ScanSource, result: Result) -> dict[str, Any]:
         """Write one scan's outputs into a temporary folder, then rename it to ``<scan_id>/``."""
@@ -336,8 +360,8 @@ class BatchRunner:
         scan_id = source.scan_id
         tmp = self._temp_dir(scan_id)
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
         try:
+            tmp.mkdir(parents=True)
             scan = result.scan
             # Without harmonization the "harmonized" volume is the input itself: the contract promises the file.
             save_scan(result.harmonized if result.harmonized is not None else scan, tmp / "harmonized.nii.gz")
@@ -356,8 +380,12 @@ class BatchRunner:
             if not (tmp / FINISHED_MARKER).is_file():
                 raise SGADError(tmp, f"the report writer did not write {FINISHED_MARKER}")
             self._publish(tmp, self.scan_dir(scan_id))
+        except Exception as err:
+            if is_disk_full(err):  # the manifest gets one clear line, not "[Errno 28]" naming a temporary file
+                raise disk_full_error(self.out_dir, fix=f"{scan_id} was not written; {DISK_FULL_FIX}") from err
+            raise
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(tmp, ignore_errors=True)  # nothing half written stays, whatever failed
         entry = _entry(source, [str(source.path)], "ok", "")
         entry["dir"] = scan_id
         entry.update(_counts(result), seconds=round(sum(v for k, v in result.timings.items() if k != "total"), 3))
@@ -452,8 +480,8 @@ class BatchRunner:
                     merged += json.loads(path.read_text())
                     path.unlink()
                 entries = merged
-                self._finish(entries)
-                code = [_exit_code(entries)]
+                written = self._finish(entries)
+                code = [max(_exit_code(entries), 0 if written else 1)]
             dist.broadcast_object_list(code, src=0)
         finally:
             if created:
