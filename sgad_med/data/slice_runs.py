@@ -181,6 +181,9 @@ class SliceRunVolumes(SyntheticVolumeDataset):
       move them (``x -> a (c + (1 - c) x)`` on nonzero voxels, ``c`` in ``shift``, ``a`` in ``gain``): a few
       damaged slices can move the scan's percentiles a long way (on the MNI T1, noise over five slices moves the
       low one from 64 to 10, ``c`` = 0.24), and that must not change the scores of the other slices;
+    - with probability ``plane_fraction``, the scan cut into sagittal or coronal slices instead of axial ones
+      (half each; drawn from its own stream, so the other draws stay as they were): scans acquired in those
+      planes are sliced so by the pipeline;
     - a damage layout (:func:`draw_damage_layout`) over all slices (empty ones too: a spike or an intensity jump
       shows on air; damage that changes nothing is not labelled), applied after all of the above.
 
@@ -210,6 +213,7 @@ class SliceRunVolumes(SyntheticVolumeDataset):
         shift: ``(low, high)`` of the normalization perturbation's offset ``c``.
         gain: ``(low, high)`` of its gain ``a``.
         shift_fraction: probability of the perturbation.
+        plane_fraction: probability of sagittal or coronal slices instead of axial ones.
         margin: slices at a cut end of the run without loss weight.
         neighbour_weight: loss weight of clean slices within 2 slices of damage.
         redraw: new draws at every access (training) or the same item every time (calibration).
@@ -239,6 +243,7 @@ class SliceRunVolumes(SyntheticVolumeDataset):
         shift: Sequence[float] = (-0.05, 0.3),
         gain: Sequence[float] = (0.85, 1.15),
         shift_fraction: float = 0.0,
+        plane_fraction: float = 0.0,
         margin: int = 3,
         neighbour_weight: float = 2.0,
         redraw: bool = True,
@@ -265,10 +270,12 @@ class SliceRunVolumes(SyntheticVolumeDataset):
         self.shift = tuple(float(s) for s in shift)
         self.gain = tuple(float(g) for g in gain)
         self.shift_fraction = float(shift_fraction)
+        self.plane_fraction = float(plane_fraction)
         self.margin = int(margin)
         self.neighbour_weight = float(neighbour_weight)
         self.redraw = redraw
         self._harmonized: dict[int, tuple[torch.Tensor, np.ndarray]] = {}
+        self._plane_foreground: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._accesses: dict[int, int] = {}
 
     def will_harmonize(self, index: int) -> bool:
@@ -286,6 +293,9 @@ class SliceRunVolumes(SyntheticVolumeDataset):
         volume = pair["target"] if rng.random() < self.reference_fraction else pair["source"]
         volume01 = self.normalized(volume)
         foreground = (pair["target"] > 0.05).mean(axis=(0, 1)).astype(np.float32)
+        # the head fraction of the sagittal and coronal slices too, for items cut in those planes
+        self._plane_foreground[index] = tuple(
+            (np.moveaxis(pair["target"], axis, -1) > 0.05).mean(axis=(0, 1)).astype(np.float32) for axis in (0, 1))
         if rng.random() < self.harmonized_fraction:
             volume01 = torch.as_tensor(self.harmonizer.harmonize01(volume01)).float().clamp(0.0, 1.0)
             self._harmonized[index] = (volume01, foreground)
@@ -309,6 +319,11 @@ class SliceRunVolumes(SyntheticVolumeDataset):
         if self.redraw:
             self._accesses[index] = access + 1
         rng = np.random.default_rng([self.seed, index, 1, access])
+        plane_rng = np.random.default_rng([self.seed, index, 2, access])
+        if self.plane_fraction > 0 and plane_rng.random() < self.plane_fraction:
+            axis = int(plane_rng.integers(0, 2))  # 0: sagittal, 1: coronal slices, moved to the last axis
+            volume01 = torch.as_tensor(volume01).movedim(axis, -1).contiguous()
+            foreground = self._plane_foreground[index][axis]
         depth = volume01.shape[-1]
         zoomed = rng.random() < self.zoom_fraction
         factor = float(rng.uniform(*self.zoom)) if zoomed else 1.0

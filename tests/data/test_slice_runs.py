@@ -135,3 +135,23 @@ def test_cut_runs_carry_no_loss_weight_at_their_cut_ends():
             assert (item["weight"][:2] == 0).all()
         if end_cut:
             assert (item["weight"][-2:] == 0).all()
+
+
+def test_some_items_are_cut_in_sagittal_or_coronal_slices_with_their_own_head_fractions():
+    axial = SliceRunVolumes(range(0, 6), spacing=8.0, whole_fraction=1.0, density=0.3, redraw=False)
+    planes = SliceRunVolumes(range(0, 6), spacing=8.0, whole_fraction=1.0, density=0.3, redraw=False,
+                             plane_fraction=1.0)
+    shapes = set()
+    for i in range(len(planes)):
+        clean, _ = planes.clean_volume(i)
+        item = planes[i]
+        depth = item["image"].shape[0]
+        assert depth in (clean.shape[0], clean.shape[1]), "slices along R (sagittal) or A (coronal)"
+        shapes.add(depth)
+        axis = 0 if depth == clean.shape[0] and depth != clean.shape[1] else 1
+        truth = (np.moveaxis(planes.generator.pair(planes.anatomy_seed(i), style_seed=i)["target"], axis, -1) > 0.05)
+        np.testing.assert_allclose(item["foreground"].numpy(), truth.mean(axis=(0, 1)), atol=1e-6)
+        assert item["foreground"][0] < 0.05, "the first sagittal or coronal slice is outside the head"
+    assert len(shapes) == 2, "both planes occur"
+    # plane_fraction 0 keeps the axial items exactly as they were
+    assert all(axial[i]["image"].shape[0] == axial.clean_volume(i)[0].shape[-1] for i in range(len(axial)))
