@@ -173,6 +173,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from sgad_med.pipeline import SGADPipeline
 
     rank, world_size, _ = dist_env()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     try:
         bundles = _find_bundles(args.bundles)
         device = rank_device(args.device)
@@ -186,6 +188,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     options = {"harmonize": not args.no_harmonize, "threshold": args.threshold, "batch_size": args.batch_size,
                "restore_policy": args.restore, "slice_axis": args.slice_axis}
     settings = {"bundles": str(bundles), "device": str(device), "format": args.format, "workers": args.workers,
+                "threads": torch.get_num_threads(),
                 "world_size": world_size, "on_unsupported": args.on_unsupported, "deidentify": args.deidentify,
                 **options}
 
@@ -284,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "corrected volume and a Key Object Selection of the flagged slices in dicom/")
     run.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     run.add_argument("--batch-size", type=_positive, default=None, help="slices per forward pass (default: bundles')")
+    run.add_argument("--threads", type=_positive, default=None,
+                     help="CPU threads per process for the networks (default: torch's, one per core; on a machine "
+                          "shared with other jobs 1 can be faster)")
     run.add_argument("--workers", type=_non_negative, default=1,
                      help="threads loading and writing scans while the networks run (0: none; default 1)")
     run.add_argument("--threshold", type=_probability, default=None,

@@ -321,3 +321,15 @@ def test_background_is_kept_bit_for_bit_and_the_slice_axis_recorded(tmp_path, bu
     for name in ("harmonized.nii.gz", "corrected.nii.gz"):
         written = sgad_med.load_scan(out / scan_id / name).image.numpy()[0]
         assert np.array_equal(written[keep], source[keep]), name
+
+
+def test_threads_option_sets_and_records_the_network_threads(tmp_path, bundles):
+    inputs = _inputs(tmp_path / "in", corrupt=False)
+    before = torch.get_num_threads()
+    try:
+        assert _run(inputs / "scan0.nii.gz", tmp_path / "out", bundles, "--threads", "1") == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    report = json.loads((tmp_path / "out" / "scan0" / "report.json").read_text())
+    assert report["settings"]["threads"] == 1
