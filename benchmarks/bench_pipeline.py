@@ -171,6 +171,8 @@ def worker(path: str, out_dir: str, device: str, repeats: int, spawned_at: float
     harmonizer, detector, restorer = pipeline.harmonizer.network, pipeline.detector.network, pipeline.restorer.network
     harmonizer.forward = timed("harmonizer", harmonizer.forward)
     detector.encode = timed("detector", detector.encode)
+    if pipeline.detector.onnx_encoder is not None:  # the encoder runs in ONNX Runtime: time that call instead
+        pipeline.detector.onnx_encoder = timed("detector", pipeline.detector.onnx_encoder)
     detector.sequence_logits = timed("detector", detector.sequence_logits)
     restorer.forward = timed("restorer", restorer.forward)
 
@@ -195,7 +197,8 @@ def worker(path: str, out_dir: str, device: str, repeats: int, spawned_at: float
     milestones["first forward"] = first_forward[0]
     batch = pipeline.settings["batch_size"]
     print(json.dumps({"runs": runs, "milestones": milestones, "device": str(pipeline.device), "batch_size": batch,
-                      "threads": torch.get_num_threads(), "torch": torch.__version__}))
+                      "threads": torch.get_num_threads(), "torch": torch.__version__,
+                      "detector_runtime": pipeline.detector.runtime}))
 
 
 # --------------------------------------------------------------------------------------------- CUDA options
@@ -367,7 +370,8 @@ def main() -> None:
 def print_tables(results: dict) -> None:
     first = results["sizes"][0]["pipeline"]
     print(f"torch {results['torch']}, {first['threads']} threads, {results['cpu_count']} CPUs, device "
-          f"{first['device']}, batch sizes {first['batch_size']}")
+          f"{first['device']}, batch sizes {first['batch_size']}, detector encoder in "
+          f"{first.get('detector_runtime', 'torch')}")
     print("\nThroughput (slices/s; pipeline: load + run + write NIfTI, warm median; sgad-med run: one process, "
           "start-up and report included)")
     print(f"{'size':>22}{'pipeline cold s':>17}{'warm s':>9}{'slices/s':>10}{'sgad-med run s':>16}{'slices/s':>10}"
