@@ -42,3 +42,20 @@ def test_corrupted_slices_are_flagged_and_corrected_towards_the_truth():
         assert after < before, f"slice {k}: mean error {after:.1f} after, {before:.1f} before"
     keep = ~(result.restored | result.fallback)  # fallback slices are the input, mapped (see SGADPipeline)
     assert np.array_equal(corrected[..., keep], result.harmonized.image.numpy()[0][..., keep])
+
+
+@pytest.mark.skipif(bool(MISSING), reason=f"no shipped weights yet in bundles/{', bundles/'.join(MISSING)}")
+def test_sagittal_scans_are_scored_by_the_plane_weights_and_axial_ones_by_the_axial_weights():
+    import sgad_med
+
+    torch.set_num_threads(1)
+    pipeline = SGADPipeline.from_bundles(BUNDLES, device="cpu")
+    assert pipeline.plane_detector is not None, "the detection bundle ships configs/planes.json"
+    axial = pipeline(sgad_med.load_scan(REPO / "sample_data" / "synthetic_mr.nii.gz"))
+    assert axial.settings["detector_weights"] == "axial" and axial.threshold == pytest.approx(
+        float(pipeline.detector.threshold))
+    pipeline.slice_axis = "sagittal"
+    sagittal = pipeline(sgad_med.load_scan(REPO / "sample_data" / "synthetic_mr.nii.gz"))
+    assert sagittal.settings["detector_weights"] == "planes" and sagittal.slice_axis.plane == "sagittal"
+    assert sagittal.threshold == pytest.approx(float(pipeline.plane_detector.threshold))
+    assert pipeline.plane_detector.threshold != pipeline.detector.threshold  # calibrated on their own

@@ -165,6 +165,7 @@ def _evaluate_plane(pipeline: Any, cases: Sequence[dict], kinds: Sequence[str], 
         scan = Scan(image=MetaTensor(damaged.contiguous(), affine=torch.as_tensor(case["affine"])),
                     scan_id=f"case{index}", modality="MR")
         result = pipeline(scan)
+        threshold, weights = result.threshold, result.settings.get("detector_weights", "axial")
         norm = result.settings["normalization"]
         corrected01 = last(_to01(result.corrected.image, norm))
         harmonized = result.harmonized if result.harmonized is not None else scan
@@ -194,7 +195,8 @@ def _evaluate_plane(pipeline: Any, cases: Sequence[dict], kinds: Sequence[str], 
     all_found = sum(found.values(), [])
     return {
         "settings": {"kinds": list(kinds), "severity": severity, "slices_per_volume": slices_per_volume,
-                     "n_cases": len(cases), "threshold": float(pipeline.threshold), "seed": seed, "plane": plane},
+                     "n_cases": len(cases), "threshold": float(threshold), "seed": seed, "plane": plane,
+                     "detector_weights": weights},
         "detection": {
             "corrupted_flagged": _mean(all_found),
             "corrupted_flagged_by_kind": {kind: _mean(v) for kind, v in found.items()},
@@ -219,7 +221,9 @@ def format_table(results: dict[str, Any]) -> str:
     """The evaluation as text: detection rates, then the restoration errors."""
     detection = results["detection"]
     plane = results["settings"].get("plane", "axial")
-    lines = [f"pipeline evaluation: {results['settings']['n_cases']} held-out cases, {plane} slices, severity "
+    weights = results["settings"].get("detector_weights")
+    plane = f"{plane} slices" + (f" (detector weights: {weights})" if weights else "")
+    lines = [f"pipeline evaluation: {results['settings']['n_cases']} held-out cases, {plane}, severity "
              f"{results['settings']['severity']}, threshold {results['settings']['threshold']:.3f}",
              f"corrupted slices flagged: {_pct(detection['corrupted_flagged'])} of {detection['n_corrupted']}"]
     for kind, rate in detection["corrupted_flagged_by_kind"].items():

@@ -14,8 +14,9 @@ from tests.bundles.conftest import BUNDLES
 
 # layered configs run on top of train.json, as `--config_file "['train.json', '<layer>']"`
 TRAIN_LAYERS = {"multi_gpu_train.json", "train_unpaired.json"}
-# ... and on top of inference.json: the harmonization bundle's overlay selecting the previous U-Net generator
-INFERENCE_LAYERS = {"unet_generator.json"}
+# ... and on top of inference.json: overlays selecting other weights (the previous U-Net generator, the detector for
+# sagittal and coronal slices)
+INFERENCE_LAYERS = {"unet_generator.json", "planes.json"}
 WORKFLOW_TYPES = {"train.json": "train", "inference.json": "inference", "evaluate.json": "inference"}
 # experiment configs that are neither a training nor an inference workflow; each bundle's own tests run them
 EXPERIMENTS = {"leave_one_out.json"}
