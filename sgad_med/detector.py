@@ -82,10 +82,10 @@ class SliceAnomalyDetector(SliceNetworkRunner):
         """Encode slices with ONNX Runtime when it is installed, the device is the CPU, the network is the
         sequence network and the bundle's ``models/encoder.onnx`` was exported from these weights (the same
         features within 4e-6, ``tests/test_export.py``). Returns whether it does."""
-        from sgad_med.export import OnnxEncoder, matching_onnx_encoder
+        from sgad_med.export import matching_onnx_encoder
 
-        path = matching_onnx_encoder(bundle, weights) if self.device.type == "cpu" and self.is_sequence else None
-        self.onnx_encoder = OnnxEncoder(path) if path is not None else None
+        usable = self.device.type == "cpu" and self.is_sequence
+        self.onnx_encoder = matching_onnx_encoder(bundle, weights) if usable else None
         return self.onnx_encoder is not None
 
     def __init__(self, network: nn.Module, device: str | torch.device = "auto", batch_size: int = 32,

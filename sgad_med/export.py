@@ -249,9 +249,9 @@ class OnnxEncoder:
         return torch.from_numpy(self.session.run(["features"], feeds)[0])
 
 
-def matching_onnx_encoder(bundle: str | os.PathLike, weights: str | os.PathLike | None = None) -> Path | None:
-    """The bundle's ``models/encoder.onnx`` when ONNX Runtime is installed and the file was exported from the
-    weights in use (``weights``, else ``models/model.pt``); ``None`` otherwise."""
+def matching_onnx_encoder(bundle: str | os.PathLike, weights: str | os.PathLike | None = None) -> OnnxEncoder | None:
+    """An :class:`OnnxEncoder` of the bundle's ``models/encoder.onnx`` when ONNX Runtime is installed and the file
+    was exported from the weights in use (``weights``, else ``models/model.pt``); ``None`` otherwise."""
     path = Path(bundle) / "models" / "encoder.onnx"
     try:
         import onnxruntime  # noqa: F401
@@ -259,6 +259,7 @@ def matching_onnx_encoder(bundle: str | os.PathLike, weights: str | os.PathLike 
         return None
     if not path.is_file():
         return None
-    recorded = OnnxEncoder(path, threads=1).session.get_modelmeta().custom_metadata_map
+    encoder = OnnxEncoder(path)  # one session: read its metadata, then run it
+    recorded = encoder.session.get_modelmeta().custom_metadata_map
     source = Path(weights) if weights is not None else Path(bundle) / "models" / "model.pt"
-    return path if recorded.get(WEIGHTS_KEY) == file_sha256(source) else None
+    return encoder if recorded.get(WEIGHTS_KEY) == file_sha256(source) else None

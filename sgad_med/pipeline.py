@@ -389,9 +389,8 @@ class SGADPipeline:
         if self.harmonize:
             # Voxels the normalization clipped are not put back: they belong to the input's style.
             base = torch.as_tensor(denormalize(harmonized01[None], params, restore_clipped=False))
-            harmonized = base  # a Scan below, once the background is back and the axes are RAS again
         else:
-            base, harmonized = image, None
+            base = image
         corrected_image = base[0:1].clone()
         if repaired01 is not None:
             # Only the restored slices change: everywhere else corrected equals harmonized bit for bit.
@@ -405,11 +404,9 @@ class SGADPipeline:
             kept = background.clone()
             kept[..., chosen] = False  # except on restored slices: their background was damaged too
             corrected_image[0][kept] = image[0][kept]
-            if harmonized is not None:
-                base = base.clone()
+            if self.harmonize:  # base is then the pipeline's own denormalized volume: changed in place, no copy
                 base[0][background] = image[0][background]
-        if harmonized is not None:
-            harmonized = scan.with_image(base[0:1].movedim(-1, axis.index + 1).contiguous())
+        harmonized = scan.with_image(base[0:1].movedim(-1, axis.index + 1).contiguous()) if self.harmonize else None
         corrected = scan.with_image(corrected_image.movedim(-1, axis.index + 1).contiguous())
         timings["denormalize"] = _lap(clock)
         timings["total"] = time.perf_counter() - start

@@ -113,7 +113,8 @@ def test_the_shipped_encoder_export_matches_the_shipped_weights_and_scores_alike
     from sgad_med.export import matching_onnx_encoder
 
     bundle = BUNDLES / "slice_anomaly_detection"
-    assert matching_onnx_encoder(bundle) == bundle / "models" / "encoder.onnx", (
+    encoder = matching_onnx_encoder(bundle)
+    assert encoder is not None and encoder.path == bundle / "models" / "encoder.onnx", (
         "encoder.onnx is missing or stale: re-export it with sgad_med.export.export_onnx after training")
     volume = torch.rand(40, 36, 12, generator=torch.Generator().manual_seed(0))
     eager = SliceAnomalyDetector.from_bundle(bundle, "cpu")

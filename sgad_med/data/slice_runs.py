@@ -293,9 +293,9 @@ class SliceRunVolumes(SyntheticVolumeDataset):
         volume = pair["target"] if rng.random() < self.reference_fraction else pair["source"]
         volume01 = self.normalized(volume)
         foreground = (pair["target"] > 0.05).mean(axis=(0, 1)).astype(np.float32)
-        # the head fraction of the sagittal and coronal slices too, for items cut in those planes
-        self._plane_foreground[index] = tuple(
-            (np.moveaxis(pair["target"], axis, -1) > 0.05).mean(axis=(0, 1)).astype(np.float32) for axis in (0, 1))
+        if self.plane_fraction > 0:  # the head fraction of sagittal and coronal slices, for items cut so
+            self._plane_foreground[index] = tuple(
+                (np.moveaxis(pair["target"], axis, -1) > 0.05).mean(axis=(0, 1)).astype(np.float32) for axis in (0, 1))
         if rng.random() < self.harmonized_fraction:
             volume01 = torch.as_tensor(self.harmonizer.harmonize01(volume01)).float().clamp(0.0, 1.0)
             self._harmonized[index] = (volume01, foreground)
