@@ -112,20 +112,26 @@ def test_missing_decoder_names_the_extra_to_install(monkeypatch):
     assert path in str(info.value)
 
 
+def _derived_series_source(tmp_path, source: str, low: float = -500, high: float = 1500):
+    """A DICOM source to derive a series from: ``series-CT``/``series-MR`` (our own series of values in
+    ``low..high``), ``enhanced`` (a multi-frame MR made from one), or a pydicom test file name."""
+    if source.startswith("series"):
+        modality = source.split("-")[1]
+        write_new_series(smooth_volume(low=low, high=high), oblique_affine(), tmp_path / "src", modality=modality)
+        return tmp_path / "src"
+    if source == "enhanced":
+        files = write_new_series(smooth_volume(), oblique_affine(), tmp_path / "series", modality="MR")
+        return write_enhanced_mr(files, tmp_path / "enhanced.dcm")
+    source_path = tmp_path / source
+    shutil.copy2(get_testdata_file(source), source_path)
+    return source_path
+
+
 @pytest.mark.parametrize(
     "source", ["series-CT", "series-MR", "CT_small.dcm", "MR_small.dcm", "MR_small_bigendian.dcm", "enhanced"]
 )
 def test_derived_series_round_trip_and_dciodvfy(tmp_path, source):
-    if source.startswith("series"):
-        modality = source.split("-")[1]
-        write_new_series(smooth_volume(low=-500, high=1500), oblique_affine(), tmp_path / "src", modality=modality)
-        source_path = tmp_path / "src"
-    elif source == "enhanced":
-        files = write_new_series(smooth_volume(), oblique_affine(), tmp_path / "series", modality="MR")
-        source_path = write_enhanced_mr(files, tmp_path / "enhanced.dcm")
-    else:
-        source_path = tmp_path / source
-        shutil.copy2(get_testdata_file(source), source_path)
+    source_path = _derived_series_source(tmp_path, source)
     before = {p: p.read_bytes() for p in ([source_path] if source_path.is_file() else source_path.iterdir())}
     scan = sgad_med.load_scan(source_path)
     processed = scan.with_image(scan.image * 0.8 + 10.0)
@@ -163,15 +169,7 @@ def test_derived_series_round_trip_and_dciodvfy(tmp_path, source):
     ],
 )
 def test_derived_series_holds_values_beyond_the_source_range(tmp_path, source, change):
-    if source == "series-MR":
-        write_new_series(smooth_volume(low=0, high=1000), oblique_affine(), tmp_path / "src", modality="MR")
-        source_path = tmp_path / "src"
-    elif source == "enhanced":
-        files = write_new_series(smooth_volume(), oblique_affine(), tmp_path / "series", modality="MR")
-        source_path = write_enhanced_mr(files, tmp_path / "enhanced.dcm")
-    else:
-        source_path = tmp_path / source
-        shutil.copy2(get_testdata_file(source), source_path)
+    source_path = _derived_series_source(tmp_path, source, low=0, high=1000)
     scan = sgad_med.load_scan(source_path)
     image = scan.image
     processed = scan.with_image({"brighter": image * 1.1, "offset": image - 100.0, "wide": image * 200.0 - 1e5}[change])

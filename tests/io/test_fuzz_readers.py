@@ -183,6 +183,17 @@ def _gzip(data: bytes) -> bytes:
     return gzip.compress(data, compresslevel=6, mtime=0)
 
 
+#: pydicom test files used as seeds as they are: other encodings and transfer syntaxes of one MR image.
+PYDICOM_SEEDS = (
+    "MR_small_bigendian.dcm",
+    "MR_small_RLE.dcm",
+    "MR_small_jp2klossless.dcm",
+    "MR_small_jpeg_ls_lossless.dcm",
+    "MR_small_implicit.dcm",
+    "image_dfl.dcm",
+)
+
+
 def make_seeds(root: Path) -> dict[str, Path]:
     """Small valid inputs: NIfTI (1 and 2, int16 with scaling, float, 4D, gzipped), DICOM file, series, multi-frame."""
     out: dict[str, Path] = {}
@@ -231,14 +242,7 @@ def make_seeds(root: Path) -> dict[str, Path]:
     classic.PixelData = b"".join(pydicom.dcmread(f).PixelData for f in files)
     classic.save_as(root / "classic_mf.dcm", enforce_file_format=True)
     out["classic_mf.dcm"] = root / "classic_mf.dcm"
-    for name in (
-        "MR_small_bigendian.dcm",
-        "MR_small_RLE.dcm",
-        "MR_small_jp2klossless.dcm",
-        "MR_small_jpeg_ls_lossless.dcm",
-        "MR_small_implicit.dcm",
-        "image_dfl.dcm",
-    ):
+    for name in PYDICOM_SEEDS:
         out[name] = Path(get_testdata_file(name))
     return out
 
@@ -255,17 +259,7 @@ def seeds(tmp_path_factory) -> dict[str, Path]:
 
 
 NIFTI_SEEDS = ["int16.nii", "float.nii", "nifti2.nii", "four_d.nii"]
-DICOM_FILE_SEEDS = [
-    "single_mr.dcm",
-    "enhanced.dcm",
-    "classic_mf.dcm",
-    "MR_small_bigendian.dcm",
-    "MR_small_RLE.dcm",
-    "MR_small_jp2klossless.dcm",
-    "MR_small_jpeg_ls_lossless.dcm",
-    "MR_small_implicit.dcm",
-    "image_dfl.dcm",
-]
+DICOM_FILE_SEEDS = ["single_mr.dcm", "enhanced.dcm", "classic_mf.dcm", *PYDICOM_SEEDS]
 
 
 @pytest.fixture
